@@ -1,0 +1,152 @@
+"""Tokens, interests, trigger options and readiness: the vocabulary of metalio.
+
+``Interest`` is what a registration asks for, ``PollOpt`` how it wants to be
+told, and ``Ready`` what the kernel said happened.  All three are
+``enum.IntFlag`` so they combine with ``|`` and cost nothing to compare, but
+the hot paths never *build* them: every ``Ready`` value a backend can report
+is computed once and looked up afterwards (``enum`` arithmetic runs Python
+code and would cost more than the system call that produced the event).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, NewType
+
+__all__ = [
+    "MAX_TOKEN",
+    "Interest",
+    "PollOpt",
+    "Ready",
+    "Token",
+    "check_interest",
+    "check_opts",
+    "check_token",
+]
+
+Token = NewType("Token", int)
+"""A caller-chosen ``int`` in ``0 <= token < 2**63``; metalio only hands it back."""
+
+MAX_TOKEN: Final = 2**63
+
+
+class Interest(enum.IntFlag):
+    """The readiness a registration asks to be told about.
+
+    Hang-up and error conditions are always reported and are not interests.
+    """
+
+    READABLE = 1
+    WRITABLE = 2
+    PRIORITY = 4
+
+
+class PollOpt(enum.IntFlag):
+    """How a registration is triggered.
+
+    Valid values are ``LEVEL``, ``EDGE``, ``ONESHOT`` (which means
+    ``LEVEL | ONESHOT``), ``LEVEL | ONESHOT`` and ``EDGE | ONESHOT``.
+    """
+
+    LEVEL = 1
+    EDGE = 2
+    ONESHOT = 4
+
+
+class Ready(enum.IntFlag):
+    """What happened to a source, as reported by ``Poll.poll``."""
+
+    READABLE = 1
+    WRITABLE = 2
+    PRIORITY = 4
+    ERROR = 8
+    READ_CLOSED = 16
+    WRITE_CLOSED = 32
+
+    @property
+    def readable(self) -> bool:
+        return bool(self & 1)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self & 2)
+
+    @property
+    def priority(self) -> bool:
+        return bool(self & 4)
+
+    @property
+    def error(self) -> bool:
+        return bool(self & 8)
+
+    @property
+    def read_closed(self) -> bool:
+        return bool(self & 16)
+
+    @property
+    def write_closed(self) -> bool:
+        return bool(self & 32)
+
+    @property
+    def hup(self) -> bool:
+        """The peer will send no more data (the same as :attr:`read_closed`)."""
+        return bool(self & 16)
+
+
+_ALL_INTEREST: Final = 7
+_VALID_OPTS: Final = frozenset({1, 2, 4, 1 | 4, 2 | 4})
+
+# Every value of Ready, built once: readiness is looked up, never computed.
+READY_VALUES: Final[tuple[Ready, ...]] = tuple(Ready(i) for i in range(64))
+INTEREST_VALUES: Final[tuple[Interest, ...]] = tuple(Interest(i) for i in range(8))
+OPT_VALUES: Final[tuple[PollOpt, ...]] = tuple(PollOpt(i) for i in range(8))
+
+
+def check_token(token: object) -> int:
+    """Return *token* as a plain ``int``.
+
+    :raises TypeError: *token* is not an ``int`` (``bool`` is refused too).
+    :raises ValueError: *token* is outside ``0 <= token < 2**63``.
+    """
+    if type(token) is not int:
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise TypeError(f"token must be an int, not {type(token).__name__}")
+        token = int(token)
+    if not 0 <= token < MAX_TOKEN:
+        raise ValueError(f"token must be in 0 <= token < 2**63, got {token}")
+    return token
+
+
+def check_interest(interest: object) -> int:
+    """Return *interest* as a plain ``int`` bit set.
+
+    :raises TypeError: *interest* is not an ``int``/``Interest``.
+    :raises ValueError: it is empty or has an unknown bit.
+    """
+    if isinstance(interest, bool) or not isinstance(interest, int):
+        raise TypeError(f"interest must be an Interest, not {type(interest).__name__}")
+    value = int(interest)
+    if value == 0:
+        raise ValueError("interest must not be empty")
+    if value & ~_ALL_INTEREST:
+        raise ValueError(f"unknown interest bits in {value:#x}")
+    return value
+
+
+def check_opts(opts: object) -> int:
+    """Return *opts* as a plain ``int`` with ``ONESHOT`` alone normalised to ``LEVEL | ONESHOT``.
+
+    :raises TypeError: *opts* is not an ``int``/``PollOpt``.
+    :raises ValueError: ``LEVEL | EDGE``, an empty value or an unknown bit.
+    """
+    if isinstance(opts, bool) or not isinstance(opts, int):
+        raise TypeError(f"opts must be a PollOpt, not {type(opts).__name__}")
+    value = int(opts)
+    if value not in _VALID_OPTS:
+        raise ValueError(
+            f"invalid PollOpt {value:#x}: use LEVEL, EDGE, ONESHOT, "
+            "LEVEL | ONESHOT or EDGE | ONESHOT"
+        )
+    if value == 4:
+        value = 5
+    return value
