@@ -1,0 +1,140 @@
+"""The one small interface every readiness backend implements, and the choice of default.
+
+A backend is the only place that talks to the kernel's readiness API.  It
+knows file descriptors, not sources or tokens: ``metalio.poll.Registry`` keeps
+the token table, validates arguments, holds the lock and turns whatever the
+backend returns into ``Event`` objects.  That split keeps each backend module
+about one kernel API and lets one test suite run unchanged against all of them.
+
+The contract between ``Poll`` and a backend:
+
+``register(fd, interest, opts)``
+    Start watching *fd*.  ``interest`` is a plain ``int`` of ``Interest`` bits
+    (never empty), ``opts`` a plain ``int`` of ``PollOpt`` bits, already
+    validated and normalised (``ONESHOT`` alone arrives as ``LEVEL|ONESHOT``).
+    If the backend already watches *fd* for a source that is still open it
+    raises ``FileExistsError``; if its record is stale (the descriptor was
+    closed and its number reused) it replaces the record.  On any failure
+    nothing is left registered.
+``reregister(fd, interest, opts)``
+    Replace everything about *fd* and re-arm it.  ``FileNotFoundError`` if it
+    is not watched.
+``deregister(fd)``
+    Stop watching *fd*.  ``FileNotFoundError`` if it is not watched.
+``forget(fd)``
+    Drop every record of *fd* without failing: the source was closed behind
+    our back.  Kernel errors (``EBADF``, ``ENOENT``) are swallowed.
+``poll(timeout, maxevents) -> list[tuple[int, int]]``
+    Wait at most *timeout* seconds (``None``: forever, ``0``: not at all; the
+    caller has already clamped negatives to 0 and huge values to
+    ``MAX_TIMEOUT``) and return at most *maxevents* ``(fd, native_mask)``
+    pairs.  Descriptors the backend no longer watches may appear; the caller
+    drops them.  Events that did not fit must come back from a later call.
+``readiness(native_mask, interest) -> int``
+    Translate one native mask into ``Ready`` bits for a registration with
+    *interest*.  Pure; the caller caches the answers.
+``fileno() -> int``
+    A descriptor that is readable while events are pending, or raise
+    ``io.UnsupportedOperation``.
+``close()``
+    Release the kernel object and wake any thread blocked in ``poll``.
+
+Attributes: ``name`` (``"epoll"`` ...), ``emulates_edge`` (the registry must
+install ``_rearm`` hooks on metalio sources registered EDGE, and then calls
+``rearm(fd, direction)``), ``concurrent_poll`` (several threads may poll at
+once).
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["MAX_TIMEOUT", "Backend", "available_backends", "default_backend_name", "open_backend"]
+
+# epoll_wait and poll take an int of milliseconds; anything longer is "block".
+MAX_TIMEOUT: Final = 2_000_000.0
+
+
+class Backend(Protocol):
+    name: ClassVar[str]
+    emulates_edge: ClassVar[bool]
+    concurrent_poll: ClassVar[bool]
+
+    def register(self, fd: int, interest: int, opts: int) -> None: ...
+    def reregister(self, fd: int, interest: int, opts: int) -> None: ...
+    def deregister(self, fd: int) -> None: ...
+    def forget(self, fd: int) -> None: ...
+    def poll(self, timeout: float | None, maxevents: int) -> list[tuple[int, int]]: ...
+    def readiness(self, native_mask: int, interest: int) -> int: ...
+    def rearm(self, fd: int, direction: int) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def _load(name: str) -> Callable[[], Backend]:
+    # Imported lazily so a platform only ever imports the modules it can run.
+    if name == "epoll":
+        from .epoll import EpollBackend
+
+        return EpollBackend
+    if name == "kqueue":
+        from .kqueue import KqueueBackend
+
+        return KqueueBackend
+    if name == "poll":
+        from .poll import PollBackend
+
+        return PollBackend
+    from .select import SelectBackend
+
+    return SelectBackend
+
+
+_PREFERENCE: Final = ("epoll", "kqueue", "poll", "select")
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backend names this platform can run, best first."""
+    return tuple(name for name in _PREFERENCE if name in _available_names())
+
+
+def _available_names() -> set[str]:
+    names = {"select"}
+    if hasattr(select, "epoll"):
+        names.add("epoll")
+    if hasattr(select, "kqueue"):
+        names.add("kqueue")
+    if hasattr(select, "poll") and sys.platform != "darwin":
+        # macOS poll(2) cannot watch ttys and some devices; select is the
+        # dependable fallback there, and kqueue is the default anyway.
+        names.add("poll")
+    return names
+
+
+def default_backend_name() -> str:
+    return available_backends()[0]
+
+
+def open_backend(name: str | None) -> Backend:
+    """Create the backend *name* (``None``: the platform's best).
+
+    :raises ValueError: unknown or unavailable name.
+    :raises TypeError: *name* is not a string or ``None``.
+    :raises OSError: the kernel refused to create the object (e.g. EMFILE).
+    """
+    if name is None:
+        name = default_backend_name()
+    elif not isinstance(name, str):
+        raise TypeError(f"backend must be a str or None, not {type(name).__name__}")
+    if name not in _available_names():
+        known = ", ".join(repr(n) for n in _PREFERENCE)
+        raise ValueError(
+            f"backend {name!r} is not available here (known: {known}; "
+            f"available: {', '.join(available_backends())})"
+        )
+    return _load(name)()

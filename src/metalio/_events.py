@@ -1,0 +1,100 @@
+"""``Event`` and ``Events``: what ``Poll.poll`` hands back.
+
+An ``Event`` is a ``NamedTuple`` of ``(token, readiness)``: creating one is a
+single C-level tuple allocation, its fields are read by C accessors, and it
+compares and unpacks like the pair it is.  ``Events`` is a reusable buffer
+with a fixed capacity; ``Poll.poll`` clears it and refills it in place so a
+program polling in a loop allocates no container per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from ._flags import Ready
+
+__all__ = ["Event", "Events"]
+
+
+class Event(NamedTuple):
+    """One readiness report: the registration's token and what happened."""
+
+    token: int
+    readiness: Ready
+
+    @property
+    def readable(self) -> bool:
+        return bool(self[1] & 1)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self[1] & 2)
+
+    @property
+    def priority(self) -> bool:
+        return bool(self[1] & 4)
+
+    @property
+    def error(self) -> bool:
+        return bool(self[1] & 8)
+
+    @property
+    def read_closed(self) -> bool:
+        return bool(self[1] & 16)
+
+    @property
+    def write_closed(self) -> bool:
+        return bool(self[1] & 32)
+
+    @property
+    def hup(self) -> bool:
+        """The peer will send no more data (the same as :attr:`read_closed`)."""
+        return bool(self[1] & 16)
+
+    def __repr__(self) -> str:
+        names = [m.name for m in Ready if m & self[1] and m.name] or ["(none)"]
+        return f"Event(token={self[0]}, readiness={'|'.join(names)})"
+
+
+class Events:
+    """A reusable buffer of at most *capacity* events.
+
+    :raises TypeError: *capacity* is not an ``int``.
+    :raises ValueError: *capacity* < 1.
+    """
+
+    __slots__ = ("_capacity", "_items")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self._capacity = int(capacity)
+        self._items: list[Event] = []
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._items)
+
+    def __getitem__(self, index: int) -> Event:
+        return self._items[index]
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def is_empty(self) -> bool:
+        return not self._items
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __repr__(self) -> str:
+        return f"Events(capacity={self._capacity}, len={len(self._items)})"

@@ -1,0 +1,412 @@
+"""``Poll`` and ``Registry``: tokens over a kernel readiness backend.
+
+Theory of operation
+-------------------
+A ``Poll`` owns one backend (``metalio._backends``: epoll, kqueue, poll or
+select) and one ``Registry``.  The registry validates every argument, keeps
+the *token table* (fd -> ``_Registration``) and serialises changes with a
+lock, so registrations may come from any thread, including while another
+thread is blocked in ``poll()``.  The backend only ever sees descriptors and
+plain ints.
+
+``poll()`` asks the backend for ``(fd, native_mask)`` pairs and turns each
+into an ``Event`` with two dictionary lookups: the fd finds the registration
+(its token), and the native mask finds the ``Ready`` value in a table shared
+by all registrations with the same interest.  Nothing else runs per event,
+no enum arithmetic and no Python-level constructor.  An fd that is no longer
+in the table (deregistered by another thread, or an internal descriptor of
+the backend) is skipped, which is what makes "after ``deregister`` returns
+no later poll reports the source" hold on every backend.
+
+Registrations are immutable records replaced as a whole, so the polling
+thread, which reads the table without the lock, never sees a token from one
+registration paired with the interest of another.
+
+Tolerant teardown.  A source closed without ``deregister`` leaves a stale
+record behind.  Whether a record is stale is decided by the one party that
+knows: the kernel for epoll (``EPOLL_CTL_ADD`` fails only for a live entry),
+the backend's own file identity check for the others.  So a new source that
+gets the same fd number registers at once, and ``deregister`` of a closed
+object finds its record by identity and succeeds.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import threading
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+from ._backends import MAX_TIMEOUT, Backend, open_backend
+from ._events import Event, Events
+from ._flags import READY_VALUES, PollOpt, Ready, check_interest, check_opts, check_token
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._source import Source
+
+__all__ = ["Poll", "Registry"]
+
+_new_event: Final = tuple.__new__
+
+
+class _Registration:
+    """One row of the token table; replaced, never mutated."""
+
+    __slots__ = ("interest", "opts", "source", "token", "xlate")
+
+    def __init__(
+        self, source: object, token: int, interest: int, opts: int, xlate: _ReadyTable
+    ) -> None:
+        self.source = source
+        self.token = token
+        self.interest = interest
+        self.opts = opts
+        self.xlate = xlate
+
+
+class _ReadyTable(dict[int, Ready]):
+    """native mask -> ``Ready`` for one interest; filled on first sight of a mask."""
+
+    __slots__ = ("_interest", "_translate")
+
+    def __init__(self, interest: int, translate: Callable[[int, int], int]) -> None:
+        super().__init__()
+        self._interest = interest
+        self._translate = translate
+
+    def __missing__(self, mask: int) -> Ready:
+        ready = READY_VALUES[self._translate(mask, self._interest)]
+        self[mask] = ready
+        return ready
+
+
+def _fd_of(source: object) -> int:
+    """The descriptor of *source*; ``-1`` when it is closed.
+
+    :raises TypeError: not an ``int`` and no ``fileno()`` returning one.
+    """
+    if type(source) is int:
+        return source
+    if isinstance(source, bool):
+        raise TypeError("a bool is not a file descriptor")
+    if isinstance(source, int):
+        return int(source)
+    fileno = getattr(source, "fileno", None)
+    if fileno is None or not callable(fileno):
+        raise TypeError(f"{type(source).__name__} object has no fileno() method")
+    try:
+        fd = fileno()
+    except ValueError:
+        # Closed file objects raise instead of returning -1.
+        return -1
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
+    return int(fd)
+
+
+def _set_hook(source: object, hook: Callable[[int], None] | None) -> None:
+    if hasattr(source, "_rearm"):
+        try:
+            source._rearm = hook  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+
+
+class Registry:
+    """Registers sources with a ``Poll``.  Every method is thread-safe.
+
+    Obtain it as ``poll.registry``; it cannot be created on its own.
+    """
+
+    __slots__ = ("__weakref__", "_backend", "_closed", "_lock", "_table", "_xlate")
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._table: dict[int, _Registration] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._xlate = tuple(_ReadyTable(i, backend.readiness) for i in range(8))
+
+    # -- the three public operations ---------------------------------------
+
+    def register(
+        self, source: Source, token: int, interest: int, opts: int = PollOpt.LEVEL
+    ) -> None:
+        """Start reporting readiness of *source* under *token*.
+
+        :raises TypeError: *source* has no usable ``fileno()``; *token*,
+            *interest* or *opts* of the wrong type.
+        :raises ValueError: negative fd or closed source; token out of range;
+            empty interest; invalid ``PollOpt`` combination; the Poll is closed.
+        :raises FileExistsError: *source* is already registered with this Poll.
+        :raises OSError: the kernel refused the descriptor (e.g.
+            ``PermissionError`` for a regular file on epoll); nothing is left
+            registered.
+        """
+        token = check_token(token)
+        interest = check_interest(interest)
+        opts = check_opts(opts)
+        fd = _fd_of(source)
+        if fd < 0:
+            raise ValueError(f"cannot register a closed source or negative fd ({fd})")
+        with self._lock:
+            self._check_open()
+            old = self._table.get(fd)
+            if old is not None and old.source is source and type(source) is not int:
+                raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered")
+            try:
+                self._backend.register(fd, interest, opts)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered") from None
+            # Success with a record present means the record was stale.
+            if old is not None:
+                _set_hook(old.source, None)
+            self._table[fd] = _Registration(source, token, interest, opts, self._xlate[interest])
+            self._hook(source, fd, opts)
+
+    def reregister(
+        self, source: Source, token: int, interest: int, opts: int = PollOpt.LEVEL
+    ) -> None:
+        """Replace the token, interest and options of *source* and re-arm it.
+
+        :raises TypeError: as for :meth:`register`.
+        :raises ValueError: as for :meth:`register`.
+        :raises FileNotFoundError: *source* is not registered with this Poll.
+        :raises OSError: the kernel refused the change; the old registration
+            is unchanged.
+        """
+        token = check_token(token)
+        interest = check_interest(interest)
+        opts = check_opts(opts)
+        fd = _fd_of(source)
+        if fd < 0:
+            raise ValueError(f"cannot reregister a closed source or negative fd ({fd})")
+        with self._lock:
+            self._check_open()
+            old = self._table.get(fd)
+            if old is None:
+                raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered")
+            try:
+                self._backend.reregister(fd, interest, opts)
+            except FileNotFoundError:
+                # The backend no longer knows fd: our record is stale.
+                self._drop(fd, old)
+                raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered") from None
+            self._table[fd] = _Registration(
+                old.source, token, interest, opts, self._xlate[interest]
+            )
+            self._hook(old.source, fd, opts)
+
+    def deregister(self, source: Source) -> None:
+        """Stop reporting *source*.  No ``poll()`` that starts later reports it.
+
+        A source that was closed after it was registered is found by identity
+        and removed; a closed source that is not registered is ignored.
+
+        :raises TypeError: *source* has no usable ``fileno()``.
+        :raises ValueError: the Poll is closed.
+        :raises FileNotFoundError: *source* (open) is not registered.
+        """
+        fd = _fd_of(source)
+        with self._lock:
+            self._check_open()
+            if fd < 0:
+                for stale_fd, reg in self._table.items():
+                    if reg.source is source:
+                        self._backend.forget(stale_fd)
+                        self._drop(stale_fd, reg)
+                        return
+                return
+            reg = self._table.get(fd)
+            if reg is None:
+                raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered")
+            try:
+                self._backend.deregister(fd)
+            except FileNotFoundError:
+                self._drop(fd, reg)
+                if reg.source is source:
+                    # Ours, but the kernel already forgot it (closed behind our
+                    # back with os.close): the goal is reached.
+                    return
+                raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered") from None
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
+                # EBADF: the fd was closed behind our back; nothing to remove.
+            self._drop(fd, reg)
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on a closed Poll")
+
+    def _drop(self, fd: int, reg: _Registration) -> None:
+        if self._table.get(fd) is reg:
+            del self._table[fd]
+        _set_hook(reg.source, None)
+
+    def _hook(self, source: object, fd: int, opts: int) -> None:
+        if self._backend.emulates_edge:
+            _set_hook(source, partial(self._backend.rearm, fd) if opts & 2 else None)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for reg in self._table.values():
+                _set_hook(reg.source, None)
+            self._table.clear()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._table)} registered"
+        return f"<Registry {self._backend.name} {state}>"
+
+
+def _normalize_timeout(timeout: object) -> float | None:
+    """Seconds as the backends want them.
+
+    :raises TypeError: not a real number or ``None``.
+    :raises ValueError: NaN.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        try:
+            value = float(timeout)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+            ) from None
+    else:
+        value = float(timeout)
+    if math.isnan(value):
+        raise ValueError("timeout must not be NaN")
+    if value <= 0.0:
+        return 0.0
+    if value > MAX_TIMEOUT:
+        return None
+    return value
+
+
+class Poll:
+    """Waits for readiness of registered sources and reports it by token.
+
+    ``Poll(backend=None)`` picks the best backend of the platform; pass
+    ``"epoll"``, ``"kqueue"``, ``"poll"`` or ``"select"`` to choose.
+
+    :raises ValueError: unknown or unavailable backend name.
+    :raises OSError: the kernel refused to create the polling object.
+    """
+
+    __slots__ = ("_backend", "_backend_poll", "_closed", "_registry", "_table")
+
+    def __init__(self, backend: str | None = None) -> None:
+        self._backend: Backend = open_backend(backend)
+        self._registry = Registry(self._backend)
+        self._table = self._registry._table
+        self._backend_poll = self._backend.poll
+        self._closed = False
+
+    @classmethod
+    def _from_backend(cls, backend: Backend) -> Poll:
+        """A Poll over an already created backend object (tests use fakes)."""
+        self = cls.__new__(cls)
+        self._backend = backend
+        self._registry = Registry(backend)
+        self._table = self._registry._table
+        self._backend_poll = backend.poll
+        self._closed = False
+        return self
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def poll(self, events: Events, timeout: float | None = None) -> int:
+        """Wait for readiness and fill *events*; return how many there are.
+
+        *events* is cleared first and receives at most ``events.capacity``
+        events; readiness that did not fit is reported by the next call.
+        ``timeout=None`` blocks until an event, ``timeout <= 0`` does not
+        block, otherwise it waits at least about *timeout* seconds.
+
+        :raises TypeError: *events* is not an ``Events``; bad *timeout* type.
+        :raises ValueError: the Poll is closed (also when closed by another
+            thread while this one waited); NaN timeout.
+        :raises RuntimeError: a second thread polls a backend that does not
+            allow it (poll, select).
+        :raises Exception: whatever a Python signal handler raised while
+            waiting; interrupted system calls are otherwise retried.
+        """
+        if self._closed:
+            raise ValueError("I/O operation on a closed Poll")
+        if timeout is not None and not (type(timeout) is float and 0.0 < timeout <= MAX_TIMEOUT):
+            timeout = _normalize_timeout(timeout)
+        if type(events) is not Events:
+            if not isinstance(events, Events):
+                raise TypeError(f"events must be an Events, not {type(events).__name__}")
+        items = events._items
+        items.clear()
+        try:
+            raw = self._backend_poll(timeout, events._capacity)
+        except (ValueError, OSError):
+            if self._closed:
+                raise ValueError("the Poll was closed while polling") from None
+            raise
+        if self._closed:
+            raise ValueError("the Poll was closed while polling")
+        get = self._table.get
+        append = items.append
+        new = _new_event
+        for fd, mask in raw:
+            reg = get(fd)
+            if reg is not None:
+                append(new(Event, (reg.token, reg.xlate[mask])))
+        return len(items)
+
+    def fileno(self) -> int:
+        """A descriptor that is readable while this Poll has events.
+
+        Lets a Poll be nested in another loop (``asyncio``'s ``add_reader``).
+
+        :raises io.UnsupportedOperation: the backend has no such descriptor
+            (poll, select).
+        :raises ValueError: the Poll is closed.
+        """
+        if self._closed:
+            raise ValueError("I/O operation on a closed Poll")
+        return self._backend.fileno()
+
+    def close(self) -> None:
+        """Release the kernel object.  Harmless to call twice.
+
+        A thread blocked in :meth:`poll` wakes and gets ``ValueError``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._registry._close()
+        self._backend.close()
+
+    def __enter__(self) -> Poll:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._table)} registered"
+        return f"<Poll {self._backend.name} {state}>"
