@@ -146,7 +146,11 @@ class Registry:
             ``PermissionError`` for a regular file on epoll); nothing is left
             registered.
         """
-        token = check_token(token)
+        self._register(source, check_token(token), interest, opts)
+
+    def _register(self, source: Source, token: int, interest: int, opts: int) -> None:
+        """``register`` without the token check: for internal descriptors whose
+        token lies outside the user range (``token < 0``), so it never collides."""
         interest = check_interest(interest)
         opts = check_opts(opts)
         fd = _fd_of(source)
