@@ -279,15 +279,11 @@ def _normalize_timeout(timeout: object) -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        try:
-            value = float(timeout)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
-            ) from None
-    else:
-        value = float(timeout)
+    if isinstance(timeout, bool) or not hasattr(type(timeout), "__float__"):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    value = float(timeout)  # type: ignore[arg-type]
     if math.isnan(value):
         raise ValueError("timeout must not be NaN")
     if value <= 0.0:
@@ -307,7 +303,7 @@ class Poll:
     :raises OSError: the kernel refused to create the polling object.
     """
 
-    __slots__ = ("_backend", "_backend_poll", "_closed", "_registry", "_table")
+    __slots__ = ("_backend", "_backend_poll", "_closed", "_inflight", "_registry", "_release_lock", "_released", "_table")
 
     def __init__(self, backend: str | None = None) -> None:
         self._backend: Backend = open_backend(backend)
@@ -315,6 +311,9 @@ class Poll:
         self._table = self._registry._table
         self._backend_poll = self._backend.poll
         self._closed = False
+        self._inflight: list[None] = []
+        self._release_lock = threading.Lock()
+        self._released = False
 
     @classmethod
     def _from_backend(cls, backend: Backend) -> Poll:
@@ -325,6 +324,9 @@ class Poll:
         self._table = self._registry._table
         self._backend_poll = backend.poll
         self._closed = False
+        self._inflight = []
+        self._release_lock = threading.Lock()
+        self._released = False
         return self
 
     @property
@@ -364,12 +366,20 @@ class Poll:
                 raise TypeError(f"events must be an Events, not {type(events).__name__}")
         items = events._items
         items.clear()
+        # list.append/pop are atomic: a count of threads inside the backend
+        # that close() can read without a lock (see close()).
+        inflight = self._inflight
+        inflight.append(None)
         try:
             raw = self._backend_poll(timeout, events._capacity)
         except (ValueError, OSError):
             if self._closed:
                 raise ValueError("the Poll was closed while polling") from None
             raise
+        finally:
+            inflight.pop()
+            if self._closed and not inflight:
+                self._release()
         if self._closed:
             raise ValueError("the Poll was closed while polling")
         get = self._table.get
@@ -401,9 +411,21 @@ class Poll:
         """
         if self._closed:
             return
-        self._closed = True
+        self._closed = True  # set before reading _inflight: see poll()'s finally
         self._registry._close()
-        self._backend.close()
+        if self._inflight:
+            # Threads are blocked in the backend: wake them; the last one to
+            # leave releases the kernel object.
+            self._backend.interrupt()
+            if self._inflight:
+                return
+        self._release()
+
+    def _release(self) -> None:
+        with self._release_lock:
+            if not self._released:
+                self._released = True
+                self._backend.close()
 
     def __enter__(self) -> Poll:
         return self

@@ -36,8 +36,14 @@ The contract between ``Poll`` and a backend:
 ``fileno() -> int``
     A descriptor that is readable while events are pending, or raise
     ``io.UnsupportedOperation``.
+``interrupt()``
+    Make every thread blocked in ``poll`` return soon, releasing nothing (a
+    woken kernel wait that finds its wake-up source already gone may go back
+    to sleep).  ``Poll.close`` calls it when threads are polling and calls
+    ``close`` once the last of them has left.
 ``close()``
-    Release the kernel object and wake any thread blocked in ``poll``.
+    Release the kernel object and every internal descriptor.  Never called
+    while another thread is inside ``poll``.
 
 Attributes: ``name`` (``"epoll"`` ...), ``emulates_edge`` (the registry must
 install ``_rearm`` hooks on metalio sources registered EDGE, and then calls
@@ -73,6 +79,7 @@ class Backend(Protocol):
     def readiness(self, native_mask: int, interest: int) -> int: ...
     def rearm(self, fd: int, direction: int) -> None: ...
     def fileno(self) -> int: ...
+    def interrupt(self) -> None: ...
     def close(self) -> None: ...
 
 

@@ -46,7 +46,8 @@ Facts about epoll that shape this module (the long form is docs/epoll.md):
   readiness means nothing.  The ``PermissionError`` reaches the caller.
 
 * Closing an epoll fd does not wake a thread blocked in ``epoll_wait`` on it.
-  ``close()`` therefore registers a throwaway eventfd and signals it first.
+  ``interrupt()`` therefore adds a ready eventfd, and the Poll releases the
+  epoll only when the last polling thread has left.
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ class EpollBackend:
     emulates_edge: ClassVar[bool] = False
     concurrent_poll: ClassVar[bool] = True
 
-    __slots__ = ("_ctl_modify", "_ctl_register", "_ctl_unregister", "_epoll", "poll")
+    __slots__ = ("_ctl_modify", "_ctl_register", "_ctl_unregister", "_epoll", "_wake_fd", "poll")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()  # close-on-exec since Python 3.4
+        self._wake_fd = -1
         ep = self._epoll
         self._ctl_register = ep.register
         self._ctl_modify = ep.modify
@@ -144,21 +146,28 @@ class EpollBackend:
     def fileno(self) -> int:
         return self._epoll.fileno()
 
-    def close(self) -> None:
-        ep = self._epoll
-        if ep.closed:
+    def interrupt(self) -> None:
+        """Make every thread blocked in ``poll`` return, releasing nothing.
+
+        close(2) on an epoll fd does not wake its waiters, so a ready eventfd
+        is added instead.  It must stay open until those waiters have
+        collected it (a woken ``epoll_wait`` that finds the ready list empty
+        goes back to sleep): ``close`` releases it.
+        """
+        if self._wake_fd >= 0 or self._epoll.closed:
             return
-        # A thread blocked in epoll_wait is not woken by close(2); give it an
-        # event first so it returns and sees that the Poll is closed.
         try:
-            wake_fd = os.eventfd(1, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        except (OSError, AttributeError):
-            wake_fd = -1
-        if wake_fd >= 0:
-            try:
-                ep.register(wake_fd, _IN)
-            except OSError:
-                pass
-        ep.close()
-        if wake_fd >= 0:
-            os.close(wake_fd)
+            fd = os.eventfd(1, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except OSError:
+            return
+        self._wake_fd = fd
+        try:
+            self._epoll.register(fd, _IN)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._epoll.close()
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1
