@@ -359,8 +359,16 @@ class Poll:
         """
         if self._closed:
             raise ValueError("I/O operation on a closed Poll")
-        if timeout is not None and not (type(timeout) is float and 0.0 < timeout <= MAX_TIMEOUT):
-            timeout = _normalize_timeout(timeout)
+        if timeout is not None:
+            kind = type(timeout)
+            if kind is float or kind is int:
+                # NaN passes both tests and the backend raises ValueError for it.
+                if timeout <= 0:
+                    timeout = 0
+                elif timeout > MAX_TIMEOUT:
+                    timeout = None
+            else:
+                timeout = _normalize_timeout(timeout)
         if type(events) is not Events:
             if not isinstance(events, Events):
                 raise TypeError(f"events must be an Events, not {type(events).__name__}")

@@ -53,7 +53,7 @@ once).
 
 from __future__ import annotations
 
-import select
+import select as _stdlib_select
 import sys
 from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
@@ -112,11 +112,11 @@ def available_backends() -> tuple[str, ...]:
 
 def _available_names() -> set[str]:
     names = {"select"}
-    if hasattr(select, "epoll"):
+    if hasattr(_stdlib_select, "epoll"):
         names.add("epoll")
-    if hasattr(select, "kqueue"):
+    if hasattr(_stdlib_select, "kqueue"):
         names.add("kqueue")
-    if hasattr(select, "poll") and sys.platform != "darwin":
+    if hasattr(_stdlib_select, "poll") and sys.platform != "darwin":
         # macOS poll(2) cannot watch ttys and some devices; select is the
         # dependable fallback there, and kqueue is the default anyway.
         names.add("poll")
