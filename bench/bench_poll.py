@@ -79,7 +79,7 @@ def measure(backend: str | None, n: int, calls: int, n_ready: int = 1) -> float:
             ep_poll = ep.poll
 
             def bare() -> None:
-                for fd, mask in ep_poll(0):
+                for _fd, _mask in ep_poll(0):
                     pass
 
             try:
@@ -140,10 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             if name == "select" and n > SELECT_LIMIT:
                 continue
-            calls = args.calls if name not in ("poll", "select") or n <= 1000 else max(200, args.calls // 50)
+            calls = (
+                args.calls
+                if name not in ("poll", "select") or n <= 1000
+                else max(200, args.calls // 50)
+            )
             us = measure(name, n, calls)
             base = us if base is None else base
-            rows.append({"backend": name or "bare select.epoll", "sources": n, "us_per_poll": us, "vs_10": us / base})
+            rows.append(
+                {
+                    "backend": name or "bare select.epoll",
+                    "sources": n,
+                    "us_per_poll": us,
+                    "vs_10": us / base,
+                }
+            )
 
     # Per-event cost: the slope between 1 and 33 ready events, 1,000 registered.
     slopes = {}
@@ -154,26 +165,42 @@ def main(argv: list[str] | None = None) -> int:
         many = measure(name, 1000, args.calls // 4, n_ready=33)
         slopes[name or "bare select.epoll"] = (many - one) / 32
 
-    bare = {r["sources"]: float(r["us_per_poll"]) for r in rows if r["backend"] == "bare select.epoll"}  # type: ignore[arg-type]
-    print(f"metalio {metalio.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
-          f"RLIMIT_NOFILE hard {hard}")
+    bare = {
+        r["sources"]: float(r["us_per_poll"]) for r in rows if r["backend"] == "bare select.epoll"
+    }  # type: ignore[arg-type]
+    print(
+        f"metalio {metalio.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+        f"RLIMIT_NOFILE hard {hard}"
+    )
     print()
     print("| backend | registered | µs per poll() (1 event) | vs 10 registered | over bare epoll |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
         us = float(r["us_per_poll"])  # type: ignore[arg-type]
-        over = us - bare[r["sources"]] if r["sources"] in bare and r["backend"] != "bare select.epoll" else None  # type: ignore[index]
+        over = (
+            us - bare[r["sources"]]
+            if r["sources"] in bare and r["backend"] != "bare select.epoll"
+            else None
+        )  # type: ignore[index]
         over_s = f"{over:+.2f} µs" if over is not None else "—"
-        print(f"| {r['backend']} | {r['sources']:,} | {us:.2f} | {float(r['vs_10']):.2f}× | {over_s} |")  # type: ignore[arg-type]
+        print(
+            f"| {r['backend']} | {r['sources']:,} | {us:.2f} | {float(r['vs_10']):.2f}× | {over_s} |"
+        )  # type: ignore[arg-type]
     print()
     print("| backend | µs per extra ready event | over bare epoll per event |")
     print("|---|---:|---:|")
     for key, slope in slopes.items():
         over_e = slope - slopes["bare select.epoll"]
-        print(f"| {key} | {slope:.3f} | {over_e:+.3f} µs |" if key != "bare select.epoll" else f"| {key} | {slope:.3f} | — |")
+        print(
+            f"| {key} | {slope:.3f} | {over_e:+.3f} µs |"
+            if key != "bare select.epoll"
+            else f"| {key} | {slope:.3f} | — |"
+        )
         rows.append({"backend": key, "per_event_us": slope})
     if largest < 50_000:
-        print(f"\n(50,000 sources need more descriptors than this machine's hard limit of {hard} allows.)")
+        print(
+            f"\n(50,000 sources need more descriptors than this machine's hard limit of {hard} allows.)"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"hard_nofile": hard, "rows": rows}, f, indent=2)

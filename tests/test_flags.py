@@ -25,7 +25,11 @@ def test_flag_types_and_values() -> None:
 def test_ready_properties(flag: str) -> None:
     member = Ready[flag.upper()]
     assert getattr(member, flag) is True
-    others = [f for f in ("readable", "writable", "priority", "error", "read_closed", "write_closed") if f != flag]
+    others = [
+        f
+        for f in ("readable", "writable", "priority", "error", "read_closed", "write_closed")
+        if f != flag
+    ]
     for other in others:
         assert getattr(member, other) is False
     ev = Event(7, member)

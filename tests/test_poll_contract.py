@@ -505,7 +505,7 @@ def test_error_token_range(poll: Poll, pair, token: int) -> None:
 
 
 def test_token_bounds_accepted(poll: Poll, pair) -> None:
-    a, b = pair
+    a, _b = pair
     poll.registry.register(a, 2**63 - 1, W)
     assert collect(poll, 1) == {2**63 - 1: Ready.WRITABLE}
     poll.registry.reregister(a, 0, W)

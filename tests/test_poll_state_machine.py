@@ -239,5 +239,3 @@ def test_model_catches_a_broken_backend() -> None:
     Broken.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
     with pytest.raises(AssertionError):
         Broken.TestCase().runTest()
-
-

@@ -110,7 +110,7 @@ def _fd_of(source: object) -> int:
 def _set_hook(source: object, hook: Callable[[int], None] | None) -> None:
     if hasattr(source, "_rearm"):
         try:
-            source._rearm = hook  # type: ignore[attr-defined]
+            source._rearm = hook
         except AttributeError:
             pass
 
@@ -218,10 +218,10 @@ class Registry:
         with self._lock:
             self._check_open()
             if fd < 0:
-                for stale_fd, reg in self._table.items():
-                    if reg.source is source:
+                for stale_fd, stale in self._table.items():
+                    if stale.source is source:
                         self._backend.forget(stale_fd)
-                        self._drop(stale_fd, reg)
+                        self._drop(stale_fd, stale)
                         return
                 return
             reg = self._table.get(fd)
@@ -303,7 +303,16 @@ class Poll:
     :raises OSError: the kernel refused to create the polling object.
     """
 
-    __slots__ = ("_backend", "_backend_poll", "_closed", "_inflight", "_registry", "_release_lock", "_released", "_table")
+    __slots__ = (
+        "_backend",
+        "_backend_poll",
+        "_closed",
+        "_inflight",
+        "_registry",
+        "_release_lock",
+        "_released",
+        "_table",
+    )
 
     def __init__(self, backend: str | None = None) -> None:
         self._backend: Backend = open_backend(backend)
@@ -369,9 +378,8 @@ class Poll:
                     timeout = None
             else:
                 timeout = _normalize_timeout(timeout)
-        if type(events) is not Events:
-            if not isinstance(events, Events):
-                raise TypeError(f"events must be an Events, not {type(events).__name__}")
+        if type(events) is not Events and not isinstance(events, Events):
+            raise TypeError(f"events must be an Events, not {type(events).__name__}")
         items = events._items
         items.clear()
         # list.append/pop are atomic: a count of threads inside the backend
@@ -386,8 +394,10 @@ class Poll:
             raise
         finally:
             inflight.pop()
-            if self._closed and not inflight:
-                self._release()
+            # Another thread may have closed the Poll while we waited; mypy
+            # cannot know that and thinks _closed is still False here.
+            if self._closed and not inflight:  # type: ignore[unreachable]
+                self._release()  # type: ignore[unreachable]
         if self._closed:
             raise ValueError("the Poll was closed while polling")
         get = self._table.get

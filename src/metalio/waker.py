@@ -39,7 +39,16 @@ class Waker:
     :raises OSError: no descriptor could be created or registered.
     """
 
-    __slots__ = ("_closed", "_eventfd", "_lock", "_oneshot", "_registry", "_rsock", "_token", "_wsock")
+    __slots__ = (
+        "_closed",
+        "_eventfd",
+        "_lock",
+        "_oneshot",
+        "_registry",
+        "_rsock",
+        "_token",
+        "_wsock",
+    )
 
     def __init__(self, registry: Registry, token: int) -> None:
         if not isinstance(registry, Registry):
