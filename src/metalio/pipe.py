@@ -1,0 +1,237 @@
+"""Non-blocking pipes: ``pipe() -> (PipeReader, PipeWriter)``.
+
+Theory of operation
+-------------------
+``pipe()`` is ``os.pipe()`` with both ends non-blocking and close-on-exec
+from birth (one ``pipe2(O_NONBLOCK | O_CLOEXEC)`` call where it exists).
+Each end owns a bare descriptor and does its I/O with ``os.read``/
+``os.readv``/``os.write``/``os.writev``; there is no ``socket`` attribute.
+The ``try_*`` rule is the sockets' one:
+
+* ``None`` -- would block (an empty pipe, a full pipe); wait for readiness;
+* ``b""``/``0`` from a read -- end of stream: every write end is closed;
+* real failures raise the ``OSError`` Python gives: ``BrokenPipeError``
+  when writing after every read end closed (Python ignores ``SIGPIPE``),
+  ``OSError(EBADF)`` on a closed end.
+
+Facts of the platforms that the API exposes rather than hides:
+
+* Closing the writer gives the reader's registration a ``read_closed``
+  readiness (``POLLHUP``/``EPOLLHUP``); closing the reader gives the
+  writer's an ``error`` (``EPOLLERR``) or ``write_closed`` readiness,
+  depending on what the backend maps it to.  Both are reported only once
+  the *last* descriptor of that end is closed: a ``dup`` (say, a child
+  process that inherited it) keeps the end open.
+* A write of at most ``select.PIPE_BUF`` bytes (4096 on Linux) is atomic:
+  all or ``None``.  A longer one may be partial.
+* The ends close themselves when garbage collected, with a
+  ``ResourceWarning`` as files do; call :meth:`close` (or use ``with``).
+* ``O_NONBLOCK`` is a property of the open file description, which a child
+  process given the other end (``Popen(stdin=reader.fileno())``) shares:
+  switch that end back with ``os.set_blocking(fd, True)`` before the child
+  starts, or most programs fail at once with ``EAGAIN``.
+* ``PipeReader(fd)`` / ``PipeWriter(fd)`` adopt an existing descriptor (for
+  example ``os.dup(proc.stdout.fileno())``): they make it non-blocking and
+  non-inheritable and close it on ``close()``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any, Final, TypeVar
+
+from ._source import RearmHook
+
+__all__ = ["PipeReader", "PipeWriter", "pipe"]
+
+if sys.platform == "win32":  # pragma: no cover
+    raise ImportError("metalio.pipe needs POSIX pipes (os.readv, os.writev, O_NONBLOCK)")
+
+_read = os.read
+_readv = os.readv
+_write = os.write
+_writev = os.writev
+
+
+def _iov_max() -> int:
+    try:
+        return os.sysconf("SC_IOV_MAX") or 1024
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return 1024
+
+
+_IOV_MAX: Final = _iov_max()
+
+_E = TypeVar("_E", bound="_PipeEnd")
+
+
+class _PipeEnd:
+    """One end of a pipe: a descriptor it owns, and the ``_rearm`` slot."""
+
+    __slots__ = ("_fd", "_rearm")
+
+    _fd: int
+    _rearm: RearmHook | None
+
+    def __init__(self, fd: int) -> None:
+        """Adopt the open descriptor *fd*: make it non-blocking and non-inheritable.
+
+        :raises TypeError: *fd* is not an ``int``.
+        :raises ValueError: *fd* is negative.
+        :raises OSError: *fd* is not open (``EBADF``).
+        """
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"fd must be >= 0, got {fd}")
+        self._fd = -1  # so __del__ has nothing to close if the next lines fail
+        self._rearm = None
+        os.set_blocking(fd, False)
+        os.set_inheritable(fd, False)
+        self._fd = int(fd)
+
+    def fileno(self) -> int:
+        """The descriptor number, ``-1`` once closed."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`close` has run."""
+        return self._fd < 0
+
+    def close(self) -> None:
+        """Close this end.  Closing twice is harmless.
+
+        :raises OSError: only if the OS reports an error closing (not ``EBADF``
+            from a second close: that cannot happen).
+        """
+        fd = self._fd
+        if fd >= 0:
+            self._fd = -1
+            os.close(fd)
+
+    def __enter__(self: _E) -> _E:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            self._fd = -1
+            try:
+                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+            finally:
+                os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fd={self._fd}>"
+
+
+class PipeReader(_PipeEnd):
+    """The read end of a non-blocking pipe."""
+
+    __slots__ = ()
+
+    def try_read(self, n: int = 65536) -> bytes | None:
+        """Read at most *n* bytes: data, ``b""`` at end of stream, ``None`` if none yet.
+
+        :raises ValueError: *n* < 1.
+        :raises OSError: ``EBADF`` once closed, or another real failure.
+        """
+        if n < 1:
+            raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
+        try:
+            return _read(self._fd, n)
+        except BlockingIOError:
+            rearm = self._rearm
+            if rearm is not None:
+                rearm(1)
+            return None
+
+    def try_read_into(self, buffer: Any) -> int | None:
+        """Read into the writable *buffer*: bytes read, ``0`` at end of stream, ``None`` if none.
+
+        :raises ValueError: *buffer* is empty.
+        :raises TypeError: *buffer* is not a writable bytes-like object.
+        :raises OSError: ``EBADF`` once closed, or another real failure.
+        """
+        try:
+            got = _readv(self._fd, (buffer,))
+        except BlockingIOError:
+            rearm = self._rearm
+            if rearm is not None:
+                rearm(1)
+            return None
+        except BufferError:
+            raise TypeError("try_read_into needs a writable buffer") from None
+        if got:
+            return got
+        if len(memoryview(buffer)) == 0:
+            raise ValueError("try_read_into needs a non-empty buffer (0 would mean end of stream)")
+        return 0
+
+
+class PipeWriter(_PipeEnd):
+    """The write end of a non-blocking pipe."""
+
+    __slots__ = ()
+
+    def try_write(self, data: Any) -> int | None:
+        """Write some of *data*: the number of bytes taken, or ``None`` if the pipe is full.
+
+        :raises BrokenPipeError: every read end is closed.
+        :raises OSError: ``EBADF`` once closed, or another real failure.
+        """
+        try:
+            return _write(self._fd, data)
+        except BlockingIOError:
+            rearm = self._rearm
+            if rearm is not None:
+                rearm(2)
+            return None
+
+    def try_writev(self, buffers: Any) -> int | None:
+        """Gather-write a sequence of bytes-like objects in one ``writev`` call.
+
+        Returns the total bytes taken or ``None``; at most ``IOV_MAX`` buffers
+        go in one call.
+
+        :raises TypeError: *buffers* is not a sequence of bytes-like objects.
+        :raises BrokenPipeError: every read end is closed.
+        :raises OSError: ``EBADF`` once closed, or another real failure.
+        """
+        if len(buffers) > _IOV_MAX:
+            buffers = buffers[:_IOV_MAX]
+        try:
+            return _writev(self._fd, buffers)
+        except BlockingIOError:
+            rearm = self._rearm
+            if rearm is not None:
+                rearm(2)
+            return None
+
+
+def _end(cls: type[_E], fd: int) -> _E:
+    end = cls.__new__(cls)
+    end._fd = fd
+    end._rearm = None
+    return end
+
+
+def pipe() -> tuple[PipeReader, PipeWriter]:
+    """A new pipe whose ends are non-blocking and close-on-exec.
+
+    :raises OSError: ``EMFILE``/``ENFILE`` when out of descriptors.
+    """
+    pipe2 = getattr(os, "pipe2", None)
+    if pipe2 is not None:
+        r, w = pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    else:  # pragma: no cover - macOS: os.pipe() is already non-inheritable
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+    return _end(PipeReader, r), _end(PipeWriter, w)
