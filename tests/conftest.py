@@ -45,7 +45,7 @@ def open_poll(name: str) -> metalio.Poll:
         spec.loader.exec_module(module)
         from metalio._backends.kqueue import KqueueBackend
 
-        return metalio.Poll._from_backend(KqueueBackend(select_module=module))  # type: ignore[call-arg]
+        return metalio.Poll._from_backend(KqueueBackend(select_module=module))
     return metalio.Poll(backend=name)
 
 
