@@ -485,6 +485,32 @@ def test_closed_objects(pair: tuple[TcpStream, TcpStream], listener: TcpListener
         server.shutdown(7)
 
 
+def test_rearm_hook_called_only_on_would_block(
+    pair: tuple[TcpStream, TcpStream], listener: TcpListener
+) -> None:
+    client, server = pair
+    calls: list[int] = []
+    for s in (client, server, listener):
+        assert s._rearm is None  # the backends install it; None costs nothing
+        s._rearm = calls.append
+    assert server.try_read() is None
+    assert server.try_read_into(bytearray(4)) is None
+    assert server.try_peek() is None
+    assert listener.try_accept() is None
+    assert calls == [1, 1, 1, 1]
+    calls.clear()
+    assert client.try_write(b"abc") == 3
+    time.sleep(0.02)
+    assert server.try_read() == b"abc"
+    assert calls == []  # success: no hook call
+    for _ in range(10_000):
+        if client.try_writev([b"w" * 65536]) is None:
+            break
+    assert calls == [2]
+    assert client.try_write(b"w") is None
+    assert calls == [2, 2]
+
+
 def test_context_manager_closes() -> None:
     with TcpListener.bind(LOCAL4) as lst:
         fd = lst.fileno()

@@ -290,6 +290,19 @@ def test_from_socket() -> None:
         UdpSocket.from_socket(tcp)
 
 
+def test_rearm_hook_on_empty_receive(two: tuple[UdpSocket, UdpSocket]) -> None:
+    a, b = two
+    calls: list[int] = []
+    assert a._rearm is None
+    a._rearm = calls.append
+    assert a.try_recv_from() is None
+    assert a.try_recv() is None
+    assert a.try_peek_from() is None
+    assert calls == [1, 1, 1]
+    assert a.try_send_to(b"x", b.local_addr()) == 1
+    assert calls == [1, 1, 1]
+
+
 def test_closed_socket() -> None:
     u = UdpSocket.bind(LOCAL4)
     u.close()

@@ -164,6 +164,20 @@ def test_closed_ends(ends: tuple[PipeReader, PipeWriter]) -> None:
             call()
 
 
+def test_rearm_hook_directions(ends: tuple[PipeReader, PipeWriter]) -> None:
+    r, w = ends
+    calls: list[int] = []
+    assert r._rearm is None and w._rearm is None
+    r._rearm = w._rearm = calls.append
+    assert r.try_read() is None
+    assert r.try_read_into(bytearray(1)) is None
+    assert calls == [1, 1]
+    fill(w)
+    assert calls == [1, 1, 2]
+    assert w.try_writev([b"x"]) is None
+    assert calls == [1, 1, 2, 2]
+
+
 def test_context_managers() -> None:
     r, w = pipe()
     with r as rr, w as ww:

@@ -373,7 +373,12 @@ class StreamSource(SocketSource):
                 return None
 
         def try_writev(self, buffers: Any) -> int | None:
-            """Gather-write a sequence of bytes-like objects in one system call.
+            """Gather-write a sequence of bytes-like objects in one ``writev(2)`` call.
+
+            On a connected stream ``writev`` is ``sendmsg`` without ancillary
+            data or flags (the same kernel path); ``os.writev`` and
+            ``socket.sendmsg`` measured alike here, and ``os.writev`` keeps
+            streams and pipes on one code path.
 
             Returns the total number of bytes taken, which may end inside any
             buffer, or ``None`` if none.  At most ``IOV_MAX`` (normally 1024)
@@ -475,16 +480,27 @@ class ListenerSource(SocketSource):
         The new stream is non-blocking and close-on-exec.  With an EDGE
         registration, accept until ``None`` to be sure of the next event.
 
+        A connection the client aborted before it was accepted
+        (``ECONNABORTED``) is skipped, not raised.
+
         :raises OSError: a real failure (``EMFILE`` when out of descriptors,
-            ``ECONNABORTED``, ``EBADF`` once closed, ...).
+            ``EBADF`` once closed, ...).  After ``EMFILE`` the connection
+            stays queued and the listener stays readable.
         """
-        try:
-            fd, addr = self.socket._accept()  # type: ignore[attr-defined]
-        except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(1)
-            return None
+        while True:
+            try:
+                fd, addr = self.socket._accept()  # type: ignore[attr-defined]
+            except BlockingIOError:
+                rearm = self._rearm
+                if rearm is not None:
+                    rearm(1)
+                return None
+            except ConnectionAbortedError:
+                # The client gave up while queued (BSD reports it; Linux hands
+                # the socket over instead): not the listener's failure, and
+                # raising mid-drain would strand an EDGE registration.
+                continue
+            break
         # Passing family/type/proto spares CPython the getsockopt calls; the
         # fd is close-on-exec already (accept4 with SOCK_CLOEXEC on Linux).
         sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
