@@ -1,9 +1,13 @@
-"""Shared plumbing of ``metalio.net``: address checks, socket creation, the base class.
+"""Shared plumbing of ``metalio.net``: address checks, socket creation, the base classes.
 
-Everything here runs *before* a descriptor exists (address checks) or once
-per object (creation, adoption); nothing here is on a per-call hot path
-except the module-level aliases of ``os`` functions the source types bind
-to.
+Two kinds of code live here.  Address checks, socket creation and adoption
+run once per object, before or while a descriptor is made.  The base classes
+(``SocketSource``, ``StreamSource``, ``ListenerSource``, ``DatagramSource``)
+hold the hot ``try_*`` methods every public type inherits; they are written
+for the hot path: the descriptor sits in a slot, ``os`` functions are module
+globals, nothing is allocated that the system call does not allocate, and
+the only exception handled is the kernel's would-block, which is also the
+only place the ``_rearm`` hook is looked at.
 
 Addresses are checked in Python before any socket is created, so a bad
 address raises ``TypeError``/``ValueError`` and leaks nothing.  Internet
@@ -44,7 +48,8 @@ UnixAddr: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 
 POSIX_IO: Final = sys.platform != "win32"
 """On POSIX a socket's descriptor works with ``os.read``/``os.write``/``os.readv``
-(cheaper than the ``socket`` methods); on Windows only the methods work."""
+(no ``socket`` method dispatch or timeout bookkeeping); on Windows only the
+``socket`` methods work."""
 
 ABSTRACT_OK: Final = sys.platform.startswith("linux")
 """Linux (and Android) have the abstract Unix socket namespace."""
