@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -326,6 +327,11 @@ def _mem_server(variant: str, count: int, warmup: int) -> dict[str, Any]:
 
 def _hold_metalio(listener: TcpListener, count: int, warmup: int) -> dict[str, Any]:
     slab_type = getattr(metalio, "Slab", None)
+    if slab_type is None:
+        try:
+            slab_type = getattr(importlib.import_module("metalio.slab"), "Slab", None)
+        except ImportError:
+            pass
     slab: Any
     if slab_type is not None:
         slab = slab_type()
