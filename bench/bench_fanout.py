@@ -1,0 +1,468 @@
+"""Broadcast fan-out throughput: metalio's broadcast server next to asyncio and uvloop.
+
+One sender writes 1 KiB messages to a broadcast server, which writes every
+byte to N receivers (and back to the sender).  Reported per server and N:
+MiB/s delivered to the receivers, the server's CPU use (user+sys from
+``/proc/PID/stat``) as a share of one core and per delivered MiB, and the
+ratios against asyncio and uvloop from the same run.
+
+Usage::
+
+    python bench/bench_fanout.py                     # N = 10 and 100, 3 runs each
+    python bench/bench_fanout.py --receivers 10 --duration 2 --repeat 1 --servers metalio,asyncio
+
+Method
+------
+* Servers: ``python -m metalio broadcast`` (this checkout's ``src/``), and
+  an equivalent asyncio ``Protocol`` server (``data_received`` writes the
+  bytes to every transport) on the default loop and on uvloop, both run
+  from this file (``--serve asyncio|uvloop``).  Every server prints
+  ``listening on HOST:PORT``; all log at warning level or less.
+* Load: separate processes, so the load generator is never the server's
+  thread.  The receivers are spread over ``--procs`` processes, each an
+  epoll loop reading into a reused 256 KiB buffer; every receiver publishes
+  its byte count in shared memory.  The sender (its own process) writes
+  1 KiB messages, several per ``send`` when there is room, and reads and
+  discards its own echo.
+* Flow control: the sender stays at most ``--window`` bytes ahead of the
+  *slowest* receiver.  A broadcast server cannot slow a sender down for the
+  sake of its receivers without letting a slow reader slow everyone, so an
+  open-loop sender would just measure queue growth (or, with metalio's
+  bounded queues, slow-reader disconnects).  The window makes every server
+  deliver everything with bounded buffering, and the figure is end-to-end
+  delivered throughput.
+* CPU: with two or more cores the server is pinned to CPU 0 and every load
+  process to CPU 1 (``--no-pin`` to leave scheduling alone).  A server CPU
+  share well under 100 % means the load side, not the server, was the limit.
+* Each (server, N) is measured ``--repeat`` times, interleaved, after a
+  synchronisation round (so every receiver is admitted before measuring)
+  and ``--warmup`` seconds; medians are reported.  Every process is killed
+  by PID in a ``finally``; loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import mmap
+import os
+import re
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+MESSAGE = 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVERS = ("metalio", "asyncio", "uvloop")
+
+# Shared slots (uint64): [0, n) receiver byte counts, then these.
+SLOT_SENT = 0  # + n
+SLOT_STOP = 1  # + n
+SLOT_READY = 2  # + n: receiver processes connected
+SLOT_GO = 3  # + n: the sender may start
+SLOT_DEAD = 4  # + n: connections that ended early
+SLOTS = 5
+
+
+# -- the asyncio / uvloop servers (run as subprocesses of this file) ----------------
+
+
+def serve_asyncio(flavour: str) -> None:
+    import asyncio
+
+    clients: list[asyncio.Transport] = []
+
+    class Broadcast(asyncio.Protocol):
+        transport: asyncio.Transport
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+            clients.append(transport)
+
+        def data_received(self, data: bytes) -> None:
+            for transport in clients:
+                transport.write(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            clients.remove(self.transport)
+
+    if flavour == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server = loop.run_until_complete(loop.create_server(Broadcast, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, loop.stop)
+    loop.run_forever()
+
+
+# -- process helpers -----------------------------------------------------------------
+
+
+def start_server(name: str, cpu: int | None) -> tuple[subprocess.Popen[bytes], int]:
+    if name == "metalio":
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "metalio",
+            "broadcast",
+            "--port",
+            "0",
+            "--log-level",
+            os.environ.get("FANOUT_LOG", "warning"),
+        ]
+    else:
+        env = dict(os.environ)
+        cmd = [sys.executable, __file__, "--serve", name]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(proc.pid, {cpu})
+        assert proc.stdout is not None
+        if not select.select([proc.stdout], [], [], 20)[0]:
+            raise RuntimeError(f"{name} server did not start")
+        line = proc.stdout.readline().decode()
+        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+        if not match:
+            raise RuntimeError(f"{name} server said {line!r}")
+        return proc, int(match.group(1))
+    except BaseException:
+        kill(proc.pid)
+        proc.wait()
+        raise
+
+
+def kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of *pid* from ``/proc/PID/stat``."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def fork(target: object, *args: object, cpu: int | None) -> int:
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            target(*args)  # type: ignore[operator]
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+# -- the load generator -----------------------------------------------------------------
+
+
+def receiver(port: int, counts: memoryview, indices: range, n: int, copy: bool, nap: float) -> None:
+    socks = []
+    for _ in indices:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setblocking(False)
+        socks.append(sock)
+    by_fd = {sock.fileno(): (i, sock) for i, sock in zip(indices, socks, strict=True)}
+    ep = select.epoll()
+    for fd in by_fd:
+        ep.register(fd, select.EPOLLIN)
+    buf = bytearray(1 << 20)
+    size = len(buf)
+    flags = 0 if copy else socket.MSG_TRUNC
+    ready_slot = n + SLOT_READY
+    counts[ready_slot] = counts[ready_slot] + 1  # small race is harmless: see main
+    stop_slot = n + SLOT_STOP
+    while not counts[stop_slot]:
+        # Read in bulk: every connection once per pass, then a short nap, so the
+        # load side costs far fewer system calls than the server it measures.
+        for fd, _ev in ep.poll(0.05):
+            i, sock = by_fd[fd]
+            try:
+                got = sock.recv_into(buf, size, flags)
+            except BlockingIOError:
+                continue
+            except OSError:
+                got = 0
+            if got:
+                counts[i] += got
+            else:
+                ep.unregister(fd)
+                counts[n + SLOT_DEAD] += 1
+        if nap:
+            time.sleep(nap)
+
+
+def sender(port: int, counts: memoryview, n: int, window: int, max_lag: int, batch: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    block = memoryview(bytes(range(256)) * (64 * MESSAGE // 256))
+    sink = bytearray(1 << 20)
+    size = len(sink)
+    trunc = socket.MSG_TRUNC
+    receivers = counts[:n]
+    stop_slot = n + SLOT_STOP
+    echoed = 0
+
+    def drain() -> None:
+        nonlocal echoed
+        while True:
+            try:
+                got = sock.recv_into(sink, size, trunc)
+            except BlockingIOError:
+                return
+            if not got:
+                raise ConnectionError("server closed the sender")
+            echoed += got
+
+    # Synchronise: probe bytes until every receiver has seen one (all admitted).
+    while not counts[n + SLOT_GO]:
+        time.sleep(0.005)
+    deadline = time.monotonic() + 20
+    sent = 0
+    while True:
+        before = list(receivers)
+        sock.send(b"\x00")
+        sent += 1
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end and any(
+            a <= b for a, b in zip(receivers, before, strict=True)
+        ):
+            select.select([sock], [], [], 0.005)
+            drain()
+        if all(a > b for a, b in zip(receivers, before, strict=True)):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("receivers were never all admitted")
+    time.sleep(0.05)
+    drain()
+    if echoed != sent:
+        raise RuntimeError(f"sender echo {echoed} != sent {sent}")
+    base = list(receivers)
+    counts[n + SLOT_GO] = 2  # synchronised: the driver starts its clock
+    sent = echoed = 0
+    message = block[: MESSAGE * batch]
+    step = len(message)
+    lag_checked = 0
+    while not counts[stop_slot]:
+        drain()
+        room = window - (sent - echoed)
+        if room < step:
+            # Woken by the echo of what is in flight: no polling delay.
+            select.select([sock], [], [], 0.01)
+            continue
+        if sent - lag_checked >= max_lag >> 2:
+            # Rarely: never get more than max_lag ahead of the slowest receiver.
+            slowest = min(a - b for a, b in zip(receivers, base, strict=True))
+            if sent - slowest > max_lag:
+                select.select([sock], [], [], 0.0005)
+                continue
+            lag_checked = sent
+        for _ in range(room // step):
+            try:
+                sent += sock.send(message)
+            except BlockingIOError:
+                select.select([sock], [sock], [], 0.001)
+                break
+        counts[n + SLOT_SENT] = sent
+
+
+# -- one measurement ----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    mib_s: float
+    cpu_share: float
+    cpu_ms_per_mib: float
+    user_ms_per_mib: float
+    dead: int
+
+
+def measure(server: str, n: int, args: argparse.Namespace) -> Result:
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    server_cpu, load_cpu = (0, 1) if pin else (None, None)
+    shared = mmap.mmap(-1, 8 * (n + SLOTS))
+    counts = memoryview(shared).cast("Q")
+    pids: list[int] = []
+    proc, port = start_server(server, server_cpu)
+    try:
+        procs = max(1, min(args.procs, n))
+        for k in range(procs):
+            indices = range(k * n // procs, (k + 1) * n // procs)
+            pids.append(fork(receiver, port, counts, indices, n, args.copy, args.nap, cpu=load_cpu))
+        deadline = time.monotonic() + 20
+        while counts[n + SLOT_READY] < procs:
+            if time.monotonic() > deadline:
+                raise RuntimeError("receivers did not connect")
+            time.sleep(0.01)
+        pids.append(
+            fork(sender, port, counts, n, args.window, args.max_lag, args.batch, cpu=load_cpu)
+        )
+        counts[n + SLOT_GO] = 1
+        while counts[n + SLOT_GO] != 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sender could not synchronise")
+            time.sleep(0.01)
+        time.sleep(args.warmup)
+        t0, c0, d0 = time.monotonic(), cpu_seconds(proc.pid), sum(counts[:n])
+        time.sleep(args.duration)
+        t1, c1, d1 = time.monotonic(), cpu_seconds(proc.pid), sum(counts[:n])
+        dead = counts[n + SLOT_DEAD]
+        counts[n + SLOT_STOP] = 1
+        mib = max((d1 - d0) / (1 << 20), 1e-9)
+        user = c1[0] - c0[0]
+        cpu = user + c1[1] - c0[1]
+        return Result(mib / (t1 - t0), cpu / (t1 - t0), 1000 * cpu / mib, 1000 * user / mib, dead)
+    finally:
+        for pid in pids:
+            kill(pid)
+        kill(proc.pid)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        counts.release()
+        shared.close()
+
+
+# -- driver --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
+    parser.add_argument("--receivers", default="10,100", help="comma-separated N (default: 10,100)")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="default: metalio,asyncio,uvloop"
+    )
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per (server, N); medians")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=16 << 10,
+        help="bytes the sender may have sent but not yet received back (default: 16384)",
+    )
+    parser.add_argument(
+        "--max-lag",
+        type=int,
+        default=512 << 10,
+        help="bytes the sender may be ahead of the slowest receiver (default: 524288)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=1, help="1 KiB messages per send() of the sender (default: 1)"
+    )
+    parser.add_argument("--procs", type=int, default=2, help="receiver processes")
+    parser.add_argument(
+        "--copy",
+        action="store_true",
+        help="receivers copy the data out (default: MSG_TRUNC, the kernel discards it uncopied)",
+    )
+    parser.add_argument(
+        "--nap",
+        type=float,
+        default=0.0005,
+        help="seconds each receiver process sleeps between read passes (default: 0.0005)",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin server / load to CPUs 0 / 1"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve:
+        serve_asyncio(args.serve)
+        return 0
+    servers = [s for s in args.servers.split(",") if s]
+    if "uvloop" in servers:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            print("uvloop is not installed: skipping it", file=sys.stderr)
+            servers.remove("uvloop")
+    sizes = [int(x) for x in args.receivers.split(",") if x]
+    results: dict[tuple[str, int], list[Result]] = {}
+    for _ in range(args.repeat):
+        for n in sizes:
+            for server in servers:
+                res = measure(server, n, args)
+                results.setdefault((server, n), []).append(res)
+                lost = f"  ({res.dead} receivers lost)" if res.dead else ""
+                print(
+                    f"  {server:8} N={n:<4} {res.mib_s:8.1f} MiB/s"
+                    f"  server CPU {100 * res.cpu_share:5.1f}%"
+                    f"  {res.cpu_ms_per_mib:6.3f} ms/MiB (user {res.user_ms_per_mib:6.3f}){lost}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    pinned = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    print(
+        f"\nfan-out: 1 sender, N receivers, {MESSAGE} B messages, window {args.window >> 10} KiB, "
+        f"{args.duration:g} s x {args.repeat} runs (medians), "
+        + ("server on CPU 0, load on CPU 1" if pinned else "unpinned")
+    )
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
+    print(
+        "| server | N | MiB/s delivered | server CPU | CPU ms / MiB | user ms / MiB "
+        "| MiB/s vs asyncio | vs uvloop | CPU/MiB vs asyncio | vs uvloop |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n in sizes:
+        med = {
+            s: tuple(
+                statistics.median(getattr(r, field) for r in results[(s, n)])
+                for field in ("mib_s", "cpu_share", "cpu_ms_per_mib", "user_ms_per_mib")
+            )
+            for s in servers
+        }
+        for s in servers:
+            mib_s, share, ms, user_ms = med[s]
+            speed, cost = [], []
+            for ref in ("asyncio", "uvloop"):
+                if ref in med and ref != s:
+                    speed.append(f"{mib_s / med[ref][0]:.2f}×")
+                    cost.append(f"{ms / med[ref][2]:.2f}×")
+                else:
+                    speed.append("—")
+                    cost.append("—")
+            print(
+                f"| {s} | {n} | {mib_s:.0f} | {100 * share:.0f}% | {ms:.3f} | {user_ms:.3f} "
+                f"| {speed[0]} | {speed[1]} | {cost[0]} | {cost[1]} |"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The ``metalio`` command line (also ``python -m metalio``).
+
+Commands::
+
+    metalio broadcast [--host H] [--port P] [--max-clients N] [--max-buffer BYTES]
+                      [--backend NAME] [--log-level LEVEL]
+    metalio echo      [--host H] [--port P] [--max-clients N] [--backend NAME]
+                      [--log-level LEVEL]
+    metalio client    HOST PORT
+    metalio bench     [ARGS...]          (the echo benchmark of a source checkout)
+    metalio --version
+
+The servers listen on 127.0.0.1 by default, ``broadcast`` on port 7000 and
+``echo`` on port 7007; ``--port 0`` takes any free port.  Once a server
+accepts connections it prints exactly one line, ``listening on HOST:PORT``
+(the real port; IPv6 hosts in brackets), to standard output and flushes it,
+so scripts can wait for it.  Connects, disconnects and their reasons are
+logged to standard error.  ``SIGINT`` (Ctrl-C) and ``SIGTERM`` close every
+connection and exit with status 0.
+
+Exit statuses: 0 success, 1 a runtime failure (e.g. the address is in
+use), 2 bad arguments or ``metalio bench`` without a source checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from metalio.apps import TcpServer
+
+__all__ = ["build_parser", "find_bench", "main", "parse_size"]
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_size(text: str) -> int:
+    """``"1048576"``, ``"64K"``, ``"1MiB"``, ``"2m"`` -> bytes (binary units).
+
+    :raises argparse.ArgumentTypeError: not a positive size.
+    """
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or a K/M/G suffix (e.g. 1048576, 512K, 1M)"
+        )
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be at least 1 byte, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: not a number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _version() -> str:
+    from metalio import __version__
+
+    return __version__
+
+
+def _backends() -> tuple[str, ...]:
+    from metalio._backends import available_backends
+
+    return available_backends()
+
+
+def _server_options(parser: argparse.ArgumentParser, default_port: int, *, broadcast: bool) -> None:
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on: an IP, a name, or '' for every IPv4 interface "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=default_port,
+        help="TCP port; 0 takes any free port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="accept and at once close connections beyond N simultaneous clients "
+        "(default: no limit but open files)",
+    )
+    if broadcast:
+        parser.add_argument(
+            "--max-buffer",
+            type=parse_size,
+            default=1 << 20,
+            metavar="BYTES",
+            help="per-client limit on queued outgoing bytes; a client over it is "
+            "disconnected as a slow reader (default: 1M; K/M/G suffixes allowed)",
+        )
+    parser.add_argument(
+        "--backend",
+        choices=_backends(),
+        default=None,
+        help=f"readiness backend (default: the best available, {_backends()[0]})",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=_LEVELS,
+        default="info",
+        type=str.lower,
+        help="stderr logging threshold (default: %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``metalio`` command."""
+    parser = argparse.ArgumentParser(
+        prog="metalio",
+        description="metalio: event-driven I/O for Python in the model of Rust's mio. "
+        "Ready-made servers and tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"metalio {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    broadcast = sub.add_parser(
+        "broadcast",
+        help="broadcast server: every client's bytes go to every client",
+        description="Broadcast ('multi-echo') server: every chunk any client sends is "
+        "written to every connected client, the sender included, in order. Slow readers "
+        "are disconnected once --max-buffer bytes are queued for them. Prints "
+        "'listening on HOST:PORT' when ready; Ctrl-C or SIGTERM stops it (status 0).",
+    )
+    _server_options(broadcast, 7000, broadcast=True)
+
+    echo = sub.add_parser(
+        "echo",
+        help="echo server: every client gets its own bytes back",
+        description="Echo server: every client gets back exactly the bytes it sent. "
+        "Prints 'listening on HOST:PORT' when ready; Ctrl-C or SIGTERM stops it (status 0).",
+    )
+    _server_options(echo, 7007, broadcast=False)
+
+    client = sub.add_parser(
+        "client",
+        help="tiny client: stdin to the server, the server to stdout",
+        description="Connect to HOST:PORT, send standard input and print what the "
+        "server sends until it closes the connection (like nc).",
+    )
+    client.add_argument("host", metavar="HOST")
+    client.add_argument("port", metavar="PORT", type=_port)
+
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="echo benchmark against the standard library, asyncio and uvloop "
+        "(source checkout only; 'metalio bench --help' for its options)",
+        description="Runs bench/echo/run.py of a metalio source checkout; every argument "
+        "is passed on to it.",
+    )
+    return parser
+
+
+def find_bench() -> Path | None:
+    """``bench/echo/run.py`` of the source checkout this package was imported from, if any."""
+    package = Path(__file__).resolve().parent  # .../src/metalio
+    for root in (package.parent.parent, package.parent):  # src layout, then flat
+        candidate = root / "bench" / "echo" / "run.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _run_bench(args: list[str]) -> int:
+    script = find_bench()
+    if script is None:
+        print(
+            "metalio bench: the benchmark ships with the source checkout only "
+            "(bench/echo/run.py next to src/); clone the repository and install it "
+            "with 'pip install -e .' to run it",
+            file=sys.stderr,
+        )
+        return 2
+    spec = importlib.util.spec_from_file_location("metalio_bench_echo_run", script)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+        print(f"metalio bench: cannot load {script}", file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
+    spec.loader.exec_module(module)
+    entry = getattr(module, "main", None)
+    if entry is None:
+        print(f"metalio bench: {script} has no main(argv)", file=sys.stderr)
+        return 2
+    status: Any = entry(args)
+    return int(status or 0)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _announce(server: TcpServer) -> None:
+    from metalio.apps import format_addr
+
+    print(f"listening on {format_addr(server.address)}", flush=True)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    _setup_logging(ns.log_level)
+    from metalio.apps import format_addr, raise_nofile_limit
+
+    logger = logging.getLogger(f"metalio.{ns.command}")
+    raise_nofile_limit(logger)
+    try:
+        if ns.command == "broadcast":
+            from metalio.apps import broadcast
+
+            broadcast.serve(
+                ns.host,
+                ns.port,
+                max_clients=ns.max_clients,
+                max_buffer=ns.max_buffer,
+                backend=ns.backend,
+                on_listening=_announce,
+                logger=logger,
+            )
+        else:
+            from metalio.apps import echo
+
+            echo.serve(
+                ns.host,
+                ns.port,
+                max_clients=ns.max_clients,
+                backend=ns.backend,
+                on_listening=_announce,
+                logger=logger,
+            )
+    except OSError as exc:
+        where = format_addr((ns.host, ns.port))
+        print(f"metalio {ns.command}: cannot serve on {where}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    Bad arguments exit through ``SystemExit(2)`` with a message on standard
+    error, as ``argparse`` does; ``--help`` and ``--version`` through
+    ``SystemExit(0)``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "bench":
+        return _run_bench(args[1:])
+    ns = build_parser().parse_args(args)
+    try:
+        if ns.command == "client":
+            from metalio.apps.client import run_client
+
+            return run_client(ns.host, ns.port)
+        return _serve(ns)
+    except KeyboardInterrupt:
+        # Ctrl-C before the loop caught SIGINT (or in the client): a clean exit.
+        return 0
