@@ -9,10 +9,13 @@ I/O tests run on every backend this checkout offers (``ValueError`` from
 
 from __future__ import annotations
 
+import gc
 import math
+import os
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -795,3 +798,21 @@ def test_echo_server_50_clients(backend: str) -> None:
                 conn[0].close()
         assert h.failed == []
         assert h.done == N_CLIENTS
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_no_descriptor_leak(backend: str) -> None:
+    def count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = count()
+    for _ in range(200):
+        with EventLoop(EventLoopConfig(backend=backend)) as ev:
+            ev.channel()
+    with warnings.catch_warnings():
+        # Dropped socket pairs say so (ResourceWarning), as sockets do.
+        warnings.simplefilter("ignore", ResourceWarning)
+        for _ in range(50):
+            EventLoop(EventLoopConfig(backend=backend)).channel()  # dropped, never closed
+        gc.collect()
+    assert count() <= before + 2

@@ -77,6 +77,7 @@ import os
 import socket
 import sys
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
@@ -104,11 +105,20 @@ class _Awakener:
     :raises OSError: no descriptor could be created or registered.
     """
 
-    __slots__ = ("_eventfd", "_registry", "_rsock", "_wsock", "drain_needed")
+    __slots__ = (
+        "__weakref__",
+        "_close_fd",
+        "_eventfd",
+        "_registry",
+        "_rsock",
+        "_wsock",
+        "drain_needed",
+    )
 
     def __init__(self, registry: Registry, token: int) -> None:
         self._registry = registry
         self._eventfd = -1
+        self._close_fd: weakref.finalize[[int], _Awakener] | None = None
         self._rsock: socket.socket | None = None
         self._wsock: socket.socket | None = None
         self.drain_needed = False
@@ -121,6 +131,9 @@ class _Awakener:
                 os.close(fd)
                 raise
             self._eventfd = fd
+            # A loop dropped without close() must not leak the descriptor; the
+            # finalizer runs at most once, so close() uses it too.
+            self._close_fd = weakref.finalize(self, os.close, fd)
             return
         rsock, wsock = socket.socketpair()
         try:
@@ -178,7 +191,8 @@ class _Awakener:
                 self._registry.deregister(fd)
             except (ValueError, OSError):
                 pass  # the Poll is closed already: closing the fd is what matters
-            os.close(fd)
+            if self._close_fd is not None:
+                self._close_fd()
         rsock, wsock = self._rsock, self._wsock
         self._rsock = self._wsock = None
         if rsock is not None:

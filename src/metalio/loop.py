@@ -375,9 +375,10 @@ class EventLoop:
     :raises OSError: the kernel refused a descriptor.
     """
 
-    # No __slots__: ``clear_timeout`` is an instance attribute bound straight
-    # to the wheel's ``cancel`` (no extra frame per call), shadowing the
-    # documented method below.
+    # No __slots__: ``clear_timeout`` and ``register``/``reregister``/
+    # ``deregister`` are instance attributes bound straight to the wheel's and
+    # the registry's methods (no extra frame per call); they shadow the
+    # documented methods below, which behave the same.
 
     def __init__(self, config: EventLoopConfig | None = None) -> None:
         if config is None:
@@ -416,8 +417,12 @@ class EventLoop:
         self._clock = config.clock
         self._next = _INF  # cached earliest timer deadline (may be early, never late)
         self._set_timeout = self._timer.set_timeout
-        # Hot path of the timer benchmark: no wrapper frame for cancelling.
+        # Hot paths (timer benchmark, accept/close): no wrapper frame; the
+        # instance attributes shadow the documented methods of the class.
         self.clear_timeout = self._timer.cancel  # type: ignore[method-assign]
+        self.register = registry.register  # type: ignore[method-assign]
+        self.reregister = registry.reregister  # type: ignore[method-assign]
+        self.deregister = registry.deregister  # type: ignore[method-assign]
         self._due: list[Any] = []  # timeout payloads taken from the wheel, not delivered
         self._sigq: deque[int] = deque()  # 0 = "interrupted", else a signal number
         self._signals: _SignalSet | None = None
@@ -679,6 +684,7 @@ class EventLoop:
             # 2. I/O.
             if raw:
                 if fast and not shared:
+                    fd = -1  # no event started yet (an asynchronous exception)
                     try:
                         for fd, mask in raw:
                             reg = get(fd)
@@ -744,13 +750,17 @@ class EventLoop:
             self._sigq.extend(got)
 
     def _keep_after(self, raw: list[tuple[int, int]], fd: int) -> None:
-        """A handler raised while handling *fd*: keep the events after it."""
+        """A handler raised while handling *fd*: keep the events after it.
+
+        Each fd appears once in *raw* (the fast path's condition); ``-1``
+        (nothing started) keeps them all.
+        """
         for i, pair in enumerate(raw):
             if pair[0] == fd:
-                rest = raw[i + 1 :]
-                if rest:
-                    self._leftover = rest
-                return
+                raw = raw[i + 1 :]
+                break
+        if raw:
+            self._leftover = raw
 
     def _dispatch_merged(
         self, raw: list[tuple[int, int]], ready: Callable[[EventLoop, int, Ready], None]
