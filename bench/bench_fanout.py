@@ -1,43 +1,56 @@
-"""Broadcast fan-out throughput: metalio's broadcast server next to asyncio and uvloop.
+"""Broadcast fan-out: metalio's broadcast server next to asyncio and uvloop, one run.
 
 One sender writes 1 KiB messages to a broadcast server, which writes every
-byte to N receivers (and back to the sender).  Reported per server and N:
-MiB/s delivered to the receivers, the server's CPU use (user+sys from
-``/proc/PID/stat``) as a share of one core and per delivered MiB, and the
-ratios against asyncio and uvloop from the same run.
+byte to N receivers (and back to the sender).  Reported per window, N and
+server: MiB/s delivered to the receivers, the server's CPU (user+sys from
+``/proc/PID/stat``) as a share of one core, per delivered MiB, and its user
+part, with the ratios against asyncio and uvloop measured in the same run.
 
 Usage::
 
-    python bench/bench_fanout.py                     # N = 10 and 100, 3 runs each
-    python bench/bench_fanout.py --receivers 10 --duration 2 --repeat 1 --servers metalio,asyncio
+    python bench/bench_fanout.py              # windows 1 KiB and 64 KiB, N = 10 and 100
+    python bench/bench_fanout.py --windows 1024 --receivers 10 --repeat 1 --servers metalio,asyncio
+
+Two regimes
+-----------
+The *window* is how many bytes the sender may have sent and not yet seen
+come back (it is a client of the broadcast too, and last in every server's
+list, so its echo means the whole fan-out of that byte was written).
+
+* ``--windows 1024``: one 1 KiB message in flight, so the server reads and
+  broadcasts 1 KiB chunks, one per event: the per-message cost of the
+  server's code, as in the echo benchmark's one-outstanding-message runs.
+  The loop through the load generator is part of every round, so the
+  server is not 100 % busy; compare servers by the ratios.
+* ``--windows 65536``: 64 messages in flight, the server reads them in
+  batches and writes large chunks: the kernel's copying and TCP work
+  dominates and every server converges (CPU per MiB is the figure).
 
 Method
 ------
-* Servers: ``python -m metalio broadcast`` (this checkout's ``src/``), and
-  an equivalent asyncio ``Protocol`` server (``data_received`` writes the
-  bytes to every transport) on the default loop and on uvloop, both run
-  from this file (``--serve asyncio|uvloop``).  Every server prints
-  ``listening on HOST:PORT``; all log at warning level or less.
-* Load: separate processes, so the load generator is never the server's
-  thread.  The receivers are spread over ``--procs`` processes, each an
-  epoll loop reading into a reused 256 KiB buffer; every receiver publishes
-  its byte count in shared memory.  The sender (its own process) writes
-  1 KiB messages, several per ``send`` when there is room, and reads and
-  discards its own echo.
-* Flow control: the sender stays at most ``--window`` bytes ahead of the
-  *slowest* receiver.  A broadcast server cannot slow a sender down for the
-  sake of its receivers without letting a slow reader slow everyone, so an
-  open-loop sender would just measure queue growth (or, with metalio's
-  bounded queues, slow-reader disconnects).  The window makes every server
-  deliver everything with bounded buffering, and the figure is end-to-end
-  delivered throughput.
+* Servers: ``python -m metalio broadcast`` from this checkout's ``src/``,
+  and an equivalent asyncio ``Protocol`` server (``data_received`` writes
+  the bytes to every transport) on the default loop and on uvloop, run from
+  this file (``--serve asyncio|uvloop``).  All print ``listening on
+  HOST:PORT`` and set ``TCP_NODELAY`` on their connections (asyncio and
+  uvloop do so by default).
+* Load: separate processes.  The sender (``TCP_NODELAY``, one ``send`` per
+  1 KiB message) waits on its own echo, so the window refills the moment
+  the server has written.  The receivers are spread over ``--procs``
+  processes that read in bulk: each pass reads every ready connection once
+  with ``MSG_TRUNC`` (the kernel discards the bytes without copying them
+  out; ``--copy`` to copy) and then naps ``--nap`` seconds, so the load side
+  makes far fewer system calls than the server it measures.  Receivers
+  publish their byte counts in shared memory; the sender also stays at most
+  ``--max-lag`` bytes ahead of the slowest receiver, so no server ever
+  buffers without bound (and metalio never has to cut a slow reader off).
 * CPU: with two or more cores the server is pinned to CPU 0 and every load
-  process to CPU 1 (``--no-pin`` to leave scheduling alone).  A server CPU
-  share well under 100 % means the load side, not the server, was the limit.
-* Each (server, N) is measured ``--repeat`` times, interleaved, after a
-  synchronisation round (so every receiver is admitted before measuring)
-  and ``--warmup`` seconds; medians are reported.  Every process is killed
-  by PID in a ``finally``; loopback only.
+  process to CPU 1 (``--no-pin`` to leave scheduling alone).
+* Each (window, N, server) runs ``--repeat`` times, interleaved, after a
+  synchronisation round (every receiver admitted) and ``--warmup``
+  seconds; medians are reported.  Every process is killed by PID in a
+  ``finally``; loopback only.  The machine is shared and noisy: compare
+  ratios within one run, not absolute figures across runs.
 """
 
 from __future__ import annotations
@@ -126,7 +139,7 @@ def start_server(name: str, cpu: int | None) -> tuple[subprocess.Popen[bytes], i
             "--port",
             "0",
             "--log-level",
-            os.environ.get("FANOUT_LOG", "warning"),
+            "warning",
         ]
     else:
         env = dict(os.environ)
@@ -305,7 +318,7 @@ class Result:
     dead: int
 
 
-def measure(server: str, n: int, args: argparse.Namespace) -> Result:
+def measure(server: str, n: int, window: int, args: argparse.Namespace) -> Result:
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     server_cpu, load_cpu = (0, 1) if pin else (None, None)
     shared = mmap.mmap(-1, 8 * (n + SLOTS))
@@ -322,9 +335,7 @@ def measure(server: str, n: int, args: argparse.Namespace) -> Result:
             if time.monotonic() > deadline:
                 raise RuntimeError("receivers did not connect")
             time.sleep(0.01)
-        pids.append(
-            fork(sender, port, counts, n, args.window, args.max_lag, args.batch, cpu=load_cpu)
-        )
+        pids.append(fork(sender, port, counts, n, window, args.max_lag, args.batch, cpu=load_cpu))
         counts[n + SLOT_GO] = 1
         while counts[n + SLOT_GO] != 2:
             if time.monotonic() > deadline:
@@ -364,14 +375,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers", default=",".join(SERVERS), help="default: metalio,asyncio,uvloop"
     )
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before measuring")
     parser.add_argument("--repeat", type=int, default=3, help="runs per (server, N); medians")
     parser.add_argument(
-        "--window",
-        type=int,
-        default=16 << 10,
-        help="bytes the sender may have sent but not yet received back (default: 16384)",
+        "--windows",
+        default="1024,65536",
+        help="comma-separated bytes the sender may have in flight (default: 1024,65536)",
     )
     parser.add_argument(
         "--max-lag",
@@ -413,54 +423,57 @@ def main(argv: list[str] | None = None) -> int:
             print("uvloop is not installed: skipping it", file=sys.stderr)
             servers.remove("uvloop")
     sizes = [int(x) for x in args.receivers.split(",") if x]
-    results: dict[tuple[str, int], list[Result]] = {}
+    windows = [int(x) for x in args.windows.split(",") if x]
+    results: dict[tuple[int, int, str], list[Result]] = {}
     for _ in range(args.repeat):
-        for n in sizes:
-            for server in servers:
-                res = measure(server, n, args)
-                results.setdefault((server, n), []).append(res)
-                lost = f"  ({res.dead} receivers lost)" if res.dead else ""
-                print(
-                    f"  {server:8} N={n:<4} {res.mib_s:8.1f} MiB/s"
-                    f"  server CPU {100 * res.cpu_share:5.1f}%"
-                    f"  {res.cpu_ms_per_mib:6.3f} ms/MiB (user {res.user_ms_per_mib:6.3f}){lost}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for window in windows:
+            for n in sizes:
+                for server in servers:
+                    res = measure(server, n, window, args)
+                    results.setdefault((window, n, server), []).append(res)
+                    lost = f"  ({res.dead} receivers lost)" if res.dead else ""
+                    print(
+                        f"  window {window:6}  {server:8} N={n:<4} {res.mib_s:8.1f} MiB/s"
+                        f"  server CPU {100 * res.cpu_share:5.1f}%"
+                        f"  {res.cpu_ms_per_mib:6.3f} ms/MiB (user {res.user_ms_per_mib:6.3f}){lost}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     pinned = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     print(
-        f"\nfan-out: 1 sender, N receivers, {MESSAGE} B messages, window {args.window >> 10} KiB, "
+        f"fan-out: 1 sender, N receivers, {MESSAGE} B messages, "
         f"{args.duration:g} s x {args.repeat} runs (medians), "
         + ("server on CPU 0, load on CPU 1" if pinned else "unpinned")
+        + f"; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n"
     )
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
     print(
-        "| server | N | MiB/s delivered | server CPU | CPU ms / MiB | user ms / MiB "
+        "| window | N | server | MiB/s delivered | server CPU | CPU ms / MiB | user ms / MiB "
         "| MiB/s vs asyncio | vs uvloop | CPU/MiB vs asyncio | vs uvloop |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n in sizes:
-        med = {
-            s: tuple(
-                statistics.median(getattr(r, field) for r in results[(s, n)])
-                for field in ("mib_s", "cpu_share", "cpu_ms_per_mib", "user_ms_per_mib")
-            )
-            for s in servers
-        }
-        for s in servers:
-            mib_s, share, ms, user_ms = med[s]
-            speed, cost = [], []
-            for ref in ("asyncio", "uvloop"):
-                if ref in med and ref != s:
-                    speed.append(f"{mib_s / med[ref][0]:.2f}×")
-                    cost.append(f"{ms / med[ref][2]:.2f}×")
-                else:
-                    speed.append("—")
-                    cost.append("—")
-            print(
-                f"| {s} | {n} | {mib_s:.0f} | {100 * share:.0f}% | {ms:.3f} | {user_ms:.3f} "
-                f"| {speed[0]} | {speed[1]} | {cost[0]} | {cost[1]} |"
-            )
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for window in windows:
+        for n in sizes:
+            med = {
+                s: tuple(
+                    statistics.median(getattr(r, field) for r in results[(window, n, s)])
+                    for field in ("mib_s", "cpu_share", "cpu_ms_per_mib", "user_ms_per_mib")
+                )
+                for s in servers
+            }
+            for s in servers:
+                mib_s, share, ms, user_ms = med[s]
+                speed, cost = [], []
+                for ref in ("asyncio", "uvloop"):
+                    if ref in med and ref != s:
+                        speed.append(f"{mib_s / med[ref][0]:.2f}×")
+                        cost.append(f"{ms / med[ref][2]:.2f}×")
+                    else:
+                        speed.append("—")
+                        cost.append("—")
+                print(
+                    f"| {window >> 10} KiB | {n} | {s} | {mib_s:.0f} | {100 * share:.0f}% "
+                    f"| {ms:.3f} | {user_ms:.3f} | {speed[0]} | {speed[1]} | {cost[0]} | {cost[1]} |"
+                )
     return 0
 
 

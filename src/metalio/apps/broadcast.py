@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections import deque
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Final
 
@@ -182,7 +183,11 @@ class BroadcastServer(TcpServer):
             if not conn.eof:
                 self._read(conn, bool(r & _MUST_DRAIN) or not self._exact_edges)
             elif r & _GONE:
-                self.drop(conn, describe_error(self._pending_error(conn)))
+                # Verify before dropping: the event may be a stale one meant for
+                # the previous holder of this token (see metalio.apps).
+                error = self._pending_error(conn)
+                if error is not None:
+                    self.drop(conn, describe_error(error))
 
     def continue_read(self, conn: Conn) -> None:
         if not conn.eof:
@@ -266,6 +271,7 @@ class BroadcastServer(TcpServer):
             # The socket took only part (or none): queue the rest, shared.
             if chunk is None:
                 chunk = bytes(data)
+            queue = conn.queue = deque()
             if written:
                 queue.append(memoryview(chunk)[written:])
                 conn.queued = charge - written
@@ -290,6 +296,8 @@ class BroadcastServer(TcpServer):
     def _flush(self, conn: Conn) -> None:
         """Write as much of *conn*'s queue as its socket takes now."""
         queue = conn.queue
+        if queue is None:  # pragma: no cover - writing implies a queue
+            return
         stream = conn.stream
         exact = self._exact_edges
         while queue:
@@ -318,15 +326,22 @@ class BroadcastServer(TcpServer):
                 written -= size
             if queue and whole and exact:
                 return  # a partial write: the socket is full, an edge will follow
+        conn.queue = None  # caught up: give the deque back
         conn.queued = 0
         self.want_read(conn)
 
     @staticmethod
     def _pending_error(conn: Conn) -> OSError | None:
+        """The connection's failure, if it has one: ``SO_ERROR``, else what an
+        empty write says (``EPIPE`` once the peer is gone for good)."""
+        stream = conn.stream
         try:
-            return conn.stream.take_error()
+            error = stream.take_error()
+            if error is None:
+                stream.try_write(b"")
         except OSError as exc:
             return exc
+        return error
 
 
 def serve(

@@ -30,6 +30,7 @@ kqueue and reads are budgeted per turn exactly as in
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from metalio.apps import (
@@ -134,7 +135,7 @@ class EchoServer(TcpServer):
                 return
             if written != n:
                 # Keep the rest (one copy) and stop reading until it is gone.
-                conn.queue.append(bytes(data[written or 0 :]))
+                conn.queue = deque((bytes(data[written or 0 :]),))
                 self.want_write(conn, reading=False)
                 return
             if n < size and not drain:
@@ -157,6 +158,7 @@ class EchoServer(TcpServer):
                 queue[0] = memoryview(head)[written:]
             else:
                 queue.popleft()
+        conn.queue = None
         return self.want_read(conn)
 
 
