@@ -238,6 +238,20 @@ def test_current_tick_keeps_what_is_not_due(clock: ManualClock) -> None:
     assert len(t) == 0
 
 
+@pytest.mark.parametrize("hair", [2.0**-22, 2.0**-40, 1e-12])
+def test_deadline_a_hair_past_the_end_of_a_far_rotation(clock: ManualClock, hair: float) -> None:
+    # Filed in tick 7 (the slack), the last tick of rotation 1, which waits
+    # on the far level; at now = 7.0 that rotation is reached but this one
+    # deadline is still in the future.
+    t = Timer(tick=1.0, wheel_size=4, clock=clock)
+    h = t.set_timeout(7.0 + hair, "hair")
+    t.set_timeout(6.5, "before")
+    assert h.tick == 7
+    assert t.expired(7.0) == ["before"]
+    assert t.expired(math.nextafter(h.deadline, 0.0)) == []
+    assert t.expired(h.deadline) == ["hair"]
+
+
 def test_zero_delay_is_due_at_once(clock: ManualClock) -> None:
     t = Timer(clock=clock)
     clock.now = 3.21
@@ -429,11 +443,16 @@ def test_cancel_and_expiry_release_the_payload(clock: ManualClock) -> None:
 def test_cancelled_entries_leave_nothing_behind(clock: ManualClock) -> None:
     t = Timer(tick=0.001, wheel_size=8, clock=clock)
     handles = [t.set_timeout(i * 0.0123, i) for i in range(5000)]
+    clock.now = 0.5
+    assert t.next_deadline() == 0.0  # brings a far rotation to the near level
+    handles += [t.set_timeout(i * 0.0007, i) for i in range(5000)]
     for h in handles:
         assert t.cancel(h)
-    # White-box: every bucket and occupancy word is gone (no tombstones).
+    # White-box: every bucket, occupancy word and far rotation is gone (no
+    # tombstones), on both levels of the wheel.
     assert t._buckets == {}
     assert t._occ == {}
+    assert t._far == {}
     assert len(t) == 0
     assert t.next_deadline() is None
     assert t.expired(1e6) == []

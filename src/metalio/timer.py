@@ -1,68 +1,69 @@
-"""A hashed timing wheel: O(1) set and cancel, expiry in proportion to what fires.
+"""A hashed timing wheel: O(1) set and cancel, exact expiry in proportion to what fires.
 
 Theory of operation
 ===================
 
 Time is cut into *ticks* of ``tick`` seconds counted from ``origin``, the
-clock reading when the :class:`Timer` was built.  Every timeout is filed
+clock reading when the :class:`Timer` was built, and every timeout is filed
 under one integer tick, its deadline rounded up::
 
     tick(deadline) = ceil((deadline - origin) / tick)
 
 Everything the wheel does afterwards (hashing, grouping, walking forward,
-finding the next occupied slot) is arithmetic on small ints: no float
-comparison, no ``__lt__`` method and no heap on the hot paths.  Integer
-ticks are also what make the structure reproducible: all deadlines within
-one tick share one key, and an injected clock gives bit-for-bit identical
-runs.
+finding the next occupied slot) is arithmetic on small ints: there is no
+float comparison, no ``__lt__`` method and no heap on the hot paths, and an
+injected clock makes every run bit-for-bit reproducible.
 
 The wheel
 ---------
-As in Varghese & Lauck's hashed wheel, there are ``wheel_size`` slots (a
-power of two, *W*); tick *k* hashes to slot ``k & (W - 1)``, and one turn of
-the wheel is a *rotation*: tick *k* belongs to rotation ``k >> log2(W)``.
-The textbook scheme keeps one unsorted list per slot shared by all
-rotations, so every visit to a slot steps over the timeouts that wait there
-for a later turn, O(n / W) work per tick whatever fires.  Here a slot holds
-one *bucket per absolute tick* instead.  A timeout due many rotations from
-now waits in its own bucket, keyed by its absolute tick, and the visits of
-earlier rotations to its slot never touch it: a timeout set a thousand
-rotations ahead is looked at exactly once, when it fires.
+As in Varghese & Lauck, the wheel has ``wheel_size`` slots (a power of two,
+*W*); tick *k* hashes to slot ``k & (W - 1)`` of rotation ``k >> log2(W)``.
+Their basic hashed wheel keeps one unsorted list per slot shared by all
+rotations, so every visit to a slot steps over the timeouts waiting there for
+a later turn.  This one has two levels instead (their scheme 7, with a hash
+table as the upper level), so that a timeout many rotations away is not
+touched before its rotation comes:
 
-Two dicts hold the whole state:
+* the **near level** holds the rotations up to ``_rc``, the rotation being
+  worked through.  ``_buckets`` maps an absolute tick to its bucket, an
+  insertion-ordered ``dict`` ``Timeout -> payload``; ``_occ`` maps each such
+  rotation to its occupancy word, a *W*-bit ``int`` whose bit *s* is set when
+  slot *s* has a bucket.  The next occupied slot is ``w & -w``, computed in
+  C, so no Python loop ever walks empty slots;
+* the **far level**, ``_far``, maps every later rotation to one
+  insertion-ordered ``dict`` of its timeouts.  Timeouts there wait,
+  untouched, until their rotation is reached; then the rotation *cascades*:
+  each survivor is filed into its tick's bucket, once.
 
-* ``_buckets`` maps an absolute tick to its bucket, an insertion-ordered
-  ``dict`` of ``Timeout -> payload``;
-* ``_occ`` maps a rotation to its occupancy word, a *W*-bit ``int`` whose
-  bit *s* is set when slot *s* of that rotation has a bucket.  Only
-  rotations with pending timeouts have a word.  The next occupied slot is
-  ``w & -w``, computed in C, not found by a Python loop over empty slots.
-
-Setting a timeout is one dict insertion (plus two bit operations when it
-opens a bucket).  Cancelling is one dict deletion, plus the same bit
-operations when the bucket empties: the entry, its reference to the payload
-and an emptied bucket disappear at once.  There are no tombstones and
-nothing for a later sweep (asyncio leaves cancelled handles in its heap
-until they reach the top, which is why programs that keep re-arming idle
-timers see that heap grow).
+Setting a timeout is one dict insertion, into a bucket or, for a later
+rotation, into that rotation's dict (one big dict that fills in order, which
+keeps the CPU caches warm however random the delays are).  Cancelling is one
+dict deletion, plus two bit operations when a bucket empties.  The entry,
+its reference to the payload and any emptied bucket or dict disappear at
+once: there are no tombstones and nothing for a later sweep.  (asyncio
+leaves cancelled handles in its heap until they reach the top, which is why
+programs that keep re-arming idle timers see it grow.)  A timeout cancelled
+before its rotation comes, such as a re-armed idle timer, never reaches the
+near level at all.
 
 Expiry
 ------
-Rounding a deadline up can only move it into a later tick, so a timeout due
-at *now* sits in a tick no later than ``m = floor((now - origin) / tick) +
-1``.  ``expired(now)`` walks the occupied slots from the earliest pending
-tick up to *m*, rotation by rotation, skipping empty slots with the
-occupancy words.  Every bucket below tick ``m - 1`` is wholly due and is
-taken as it is; the two buckets of ticks ``m - 1`` and ``m`` straddle *now*,
-so their entries are compared with *now* one by one and the ones not yet due
-stay.  The result is **exact**: precisely the timeouts whose deadline is
-``<= now``, so a timeout never fires early and is never held back until the
-next tick boundary.  Payloads come out in deadline order: buckets in tick
-order and, within a bucket, a stable sort on the deadline (equal deadlines
-keep the order they were set in).  The cost is proportional to the buckets
-and timeouts that fire, plus the two boundary buckets; a caller that fell a
-thousand rotations behind catches up in one call without visiting the ticks
-it missed.
+Rounding a deadline up can move it only into a later tick, so a timeout due
+at *now* is in a tick no later than ``m = floor((now - origin) / tick) + 1``.
+``expired(now)`` walks the occupied near-level slots from the earliest
+pending tick up to *m*, rotation by rotation.  Every bucket before tick
+``m - 1`` is wholly due and is taken as it is; the buckets of ticks ``m - 1``
+and ``m`` straddle *now*, so their entries are compared with *now* one by
+one and those not yet due stay.  Far rotations that *m* reaches fire
+straight from their dict when they lie wholly before tick ``m - 1`` (a
+caller that fell far behind), and cascade first otherwise.  The result is
+**exact**: precisely the timeouts whose deadline is ``<= now``, so a timeout
+never fires early and is not held back to the next tick boundary either.
+Payloads come out in deadline order (buckets in tick order, and a stable
+sort on the deadline within a bucket, so equal deadlines keep the order they
+were set in).  The cost is proportional to what fires plus the two boundary
+buckets; a caller a thousand rotations behind catches up in one call without
+visiting the ticks it missed.
 
 Exactness with floats
 ---------------------
@@ -78,26 +79,26 @@ while fewer than about ``2**50`` ticks have passed since ``origin``.
 
 ``next_deadline()``
 -------------------
-The earliest pending deadline is cached.  ``set_timeout`` only invalidates
-the cache when it files something at or before the earliest pending tick,
+The earliest pending deadline is cached.  ``set_timeout`` invalidates the
+cache only when it files something at or before the earliest pending tick,
 ``cancel`` only when it removes from that tick, and ``expired`` only when it
-did some work.  ``_lo``, a lower bound on the earliest pending tick, makes
+did some work.  ``_lo``, a lower bound on the earliest pending tick, keeps
 the recomputation short: one dict probe when the bound is exact (the usual
 case), else one shift and ``w & -w`` on the bound's rotation word, else a
-``min()`` over the rotations that have pending timeouts; then the minimum
+``min()`` over the near rotations; when only far rotations are pending, the
+earliest one cascades first (once per rotation).  Then it is the minimum
 deadline of that one bucket.  With a valid cache, ``expired(now)`` for a
-*now* before the next deadline is a single comparison, so the event loop can
+*now* before the next deadline is a single comparison, so an event loop can
 call both on every iteration.
 
 Memory
 ------
 A pending timeout costs its :class:`Timeout` handle (an object with two
-slots, the tick and the deadline), those two numbers and one entry in its
-bucket; a bucket (a small dict) is shared by all timeouts of its tick.
-Empty buckets and all-zero occupancy words are deleted at once, so an idle
-timer holds two empty dicts, whatever ``wheel_size`` is.  A handle does not
-reference its payload: a fired or cancelled payload is released at once even
-while the program keeps the handle.
+slots, the tick and the deadline), those two numbers and one dict entry.
+Buckets, occupancy words and far rotations are deleted the moment they
+empty, so an idle timer holds three empty dicts whatever ``wheel_size`` is.
+A handle does not reference its payload: a fired or cancelled payload is
+released at once even while the program keeps the handle.
 
 Threads
 -------
@@ -196,9 +197,9 @@ def _delay_error(delay: object) -> Exception:
 class Timer:
     """A hashed timing wheel of timeouts carrying arbitrary payloads.
 
-    :param tick: the wheel's resolution in seconds (``> 0``).  A timeout
-        never fires before its deadline and, when :meth:`expired` is called
-        often enough, no later than one tick after it.
+    :param tick: the wheel's resolution in seconds (``> 0``): the width of a
+        bucket.  Expiry is exact whatever the tick; the tick only trades
+        bucket size against the number of buckets.
     :param wheel_size: slots per rotation; rounded up to a power of two.
     :param capacity: the most timeouts that may be pending at once.
     :param clock: a function returning the time in seconds as a ``float``;
@@ -219,11 +220,13 @@ class Timer:
         "_buckets",
         "_capacity",
         "_clock",
+        "_far",
         "_lo",
         "_mask",
         "_nd",
         "_occ",
         "_origin",
+        "_rc",
         "_room",
         "_shift",
         "_tick",
@@ -256,18 +259,21 @@ class Timer:
         self._capacity: int = capacity
         self._clock: Callable[[], float] = clock
         self._origin: float = origin
-        # tick -> bucket (Timeout -> payload, in the order they were set).
+        # The near level, rotations <= _rc: tick -> bucket (Timeout ->
+        # payload, in setting order) and rotation -> occupancy word.
         self._buckets: dict[int, dict[Timeout, Any]] = {}
         self._bget: Callable[[int], dict[Timeout, Any] | None] = self._buckets.get
-        # rotation -> occupancy word (bit s: slot s of that rotation has a bucket).
         self._occ: dict[int, int] = {}
-        # Free places: capacity - pending.  One counter serves len() and the
-        # capacity check, which saves an attribute access per set/cancel.
+        # The far level, rotations > _rc: rotation -> (Timeout -> payload).
+        self._far: dict[int, dict[Timeout, Any]] = {}
+        self._rc: int = 0
+        # Free places, capacity - pending: one counter serves len() and the
+        # capacity check.
         self._room: int = capacity
         # A lower bound on the earliest pending tick (_NO_TICK: none pending).
         self._lo: int = _NO_TICK
-        # Cached next_deadline(), the earliest pending deadline; while it is
-        # not None, _lo is exactly its tick.
+        # Cached next_deadline(), the earliest pending deadline.  While it is
+        # not None, _lo is exactly its tick, which is on the near level.
         self._nd: float | None = None
 
     # ------------------------------------------------------------------ info
@@ -300,8 +306,12 @@ class Timer:
         """``timeout in timer``: whether *timeout* is pending in this timer."""
         if not isinstance(timeout, Timeout):
             return False
-        bucket = self._buckets.get(getattr(timeout, "_tick", -1))
-        return bucket is not None and timeout in bucket
+        k = getattr(timeout, "_tick", None)
+        if k is None:
+            return False
+        r = k >> self._shift
+        holder = self._far.get(r) if r > self._rc else self._buckets.get(k)
+        return holder is not None and timeout in holder
 
     def __repr__(self) -> str:
         return (
@@ -314,8 +324,7 @@ class Timer:
     def set_timeout(self, delay: float, payload: Any) -> Timeout:
         """Arrange for *payload* to be returned by :meth:`expired` after *delay* seconds.
 
-        The deadline is ``clock() + delay``; the timeout never fires before
-        it.  O(1).
+        The deadline is ``clock() + delay``.  O(1).
 
         :returns: a :class:`Timeout` handle for :meth:`cancel`.
         :raises TypeError: *delay* is not a real number.
@@ -326,7 +335,7 @@ class Timer:
         """
         # The hot path: one comparison chain validates the delay (a
         # non-number fails it with TypeError, NaN fails it too), and every
-        # step below is a plain slot load, float operation or dict operation.
+        # step below is a slot load, a float operation or a dict operation.
         try:
             if not 0 <= delay < _INF:
                 raise _delay_error(delay)
@@ -343,14 +352,22 @@ class Timer:
         timeout = Timeout()
         timeout._tick = k
         timeout._deadline = deadline
-        bucket = self._bget(k)
-        if bucket is None:
-            self._buckets[k] = {timeout: payload}
-            occ = self._occ
-            r = k >> self._shift
-            occ[r] = occ.get(r, 0) | (1 << (k & self._mask))
+        r = k >> self._shift
+        if r > self._rc:
+            # A later rotation: one insertion into that rotation's dict.
+            held = self._far.get(r)
+            if held is None:
+                self._far[r] = {timeout: payload}
+            else:
+                held[timeout] = payload
         else:
-            bucket[timeout] = payload
+            bucket = self._bget(k)
+            if bucket is None:
+                self._buckets[k] = {timeout: payload}
+                occ = self._occ
+                occ[r] = occ.get(r, 0) | (1 << (k & self._mask))
+            else:
+                bucket[timeout] = payload
         self._room = room - 1
         return timeout
 
@@ -366,6 +383,15 @@ class Timer:
         """
         try:
             k = timeout._tick
+            r = k >> self._shift
+            if r > self._rc:
+                held = self._far[r]
+                del held[timeout]
+                if not held:
+                    del self._far[r]
+                # The cached next deadline is on the near level: still valid.
+                self._room += 1
+                return True
             bucket = self._buckets[k]
             del bucket[timeout]
         except KeyError:
@@ -377,7 +403,6 @@ class Timer:
         if not bucket:
             del self._buckets[k]
             occ = self._occ
-            r = k >> self._shift
             word = occ[r] ^ (1 << (k & self._mask))
             if word:
                 occ[r] = word
@@ -396,9 +421,29 @@ class Timer:
         """
         self._buckets.clear()
         self._occ.clear()
+        self._far.clear()
         self._room = self._capacity
         self._lo = _NO_TICK
         self._nd = None
+
+    def _cascade(self, r: int) -> None:
+        """Move far rotation *r*, the earliest one, down to the near level."""
+        held = self._far.pop(r)
+        buckets = self._buckets
+        bget = buckets.get
+        mask = self._mask
+        word = 0
+        # Dict order is setting order, so ties keep it in their buckets.
+        for timeout, payload in held.items():
+            k = timeout._tick
+            bucket = bget(k)
+            if bucket is None:
+                buckets[k] = {timeout: payload}
+                word |= 1 << (k & mask)
+            else:
+                bucket[timeout] = payload
+        self._occ[r] = word
+        self._rc = r
 
     # ----------------------------------------------------------------- expiry
 
@@ -472,30 +517,75 @@ class Timer:
         if self._room == self._capacity:
             self._lo = _NO_TICK
             return 0
+        shift = self._shift
+        last_rot = m >> shift
+        rc = self._rc
+        fired = 0
+        lo = m + 1
+        if self._occ and self._lo >> shift <= rc:
+            fired, lo = self._walk(self._lo >> shift, min(last_rot, rc), m, now, out)
+        if last_rot > rc:
+            # Rotations this call reaches beyond the near level, in order.
+            # Those wholly before tick m - 1 fire straight from their dict;
+            # the (at most two) that straddle now come down first.
+            far = self._far
+            whole = (m - 1) >> shift
+            extend = out.extend
+            for r in sorted([r for r in far if r <= last_rot]):
+                if r < whole:
+                    # Sort positions by deadline, then read the payloads
+                    # from a list: the dict, in setting order, is never
+                    # probed in deadline (that is, random) order.
+                    held = far.pop(r)
+                    deadlines = list(map(_by_deadline, held))
+                    payloads = list(held.values())
+                    order = sorted(range(len(deadlines)), key=deadlines.__getitem__)
+                    extend(map(payloads.__getitem__, order))
+                    fired += len(payloads)
+                else:
+                    self._cascade(r)
+                    n, left = self._walk(r, r, m, now, out)
+                    fired += n
+                    if left < lo:
+                        lo = left
+            # Timeouts set for the current rotation from now on go straight
+            # to the near level.
+            self._rc = last_rot
+        self._room += fired
+        self._lo = lo if self._room != self._capacity else _NO_TICK
+        self._nd = None
+        return fired
+
+    def _walk(
+        self, first_rot: int, last_rot: int, m: int, now: float, out: list[Any]
+    ) -> tuple[int, int]:
+        """Fire the near-level buckets of rotations ``first_rot..last_rot`` up to tick *m*.
+
+        :returns: how many fired, and the earliest tick left behind (the
+            buckets of ticks ``m - 1`` and ``m`` keep what is not due at
+            *now*), or ``m + 1``.
+        """
         buckets = self._buckets
         occ = self._occ
         shift = self._shift
         extend = out.extend
         by_deadline = _by_deadline
-        # Ticks m - 1 and m straddle now: their deadlines are compared one by
-        # one.  Every earlier tick is wholly due.
         exact = m - 1
-        first_rot = self._lo >> shift
-        last_rot = m >> shift
-        last_slot = m & self._mask
+        top = m >> shift
+        top_slot = m & self._mask
         rotations: range | list[int]
         if last_rot - first_rot <= len(occ):
             rotations = range(first_rot, last_rot + 1)
         else:
-            # Fell far behind: visit only the rotations that have timeouts.
-            rotations = sorted([r for r in occ if r <= last_rot])
+            # Fell far behind: visit only the rotations that have buckets.
+            rotations = sorted([r for r in occ if first_rot <= r <= last_rot])
         fired = 0
         lo = m + 1
         for r in rotations:
             word = occ.get(r)
             if word is None:
                 continue
-            todo = word & ((2 << last_slot) - 1) if r == last_rot else word
+            todo = word & ((2 << top_slot) - 1) if r == top else word
             keep = word ^ todo
             base = r << shift
             while todo:
@@ -504,6 +594,7 @@ class Timer:
                 k = base | (low.bit_length() - 1)
                 bucket = buckets.pop(k)
                 if k >= exact:
+                    # Ticks m - 1 and m straddle now: compare one by one.
                     due = [t for t in bucket if t._deadline <= now]
                     if len(due) < len(bucket):
                         if due:
@@ -526,10 +617,7 @@ class Timer:
                 occ[r] = keep
             else:
                 del occ[r]
-        self._room += fired
-        self._lo = lo if self._room != self._capacity else _NO_TICK
-        self._nd = None
-        return fired
+        return fired, lo
 
     # ----------------------------------------------------------- next deadline
 
@@ -546,24 +634,25 @@ class Timer:
             return nd
         if self._room == self._capacity:
             return None
-        buckets = self._buckets
+        occ = self._occ
+        if not occ:
+            # Only far rotations are pending: the earliest comes down.
+            self._cascade(min(self._far))
+        shift = self._shift
         k = self._lo
-        bucket = buckets.get(k)
+        bucket = self._buckets.get(k) if k >> shift <= self._rc else None
         if bucket is None:
-            occ = self._occ
-            shift = self._shift
             word = occ.get(k >> shift)
             if word is not None:
                 word >>= k & self._mask
             if word:
                 k += (word & -word).bit_length() - 1
             else:
-                # The bound's rotation is empty: the earliest rotation that
-                # has timeouts holds the answer in its lowest bit.
+                # The earliest near rotation holds it in its lowest bit.
                 r = min(occ)
                 word = occ[r]
                 k = (r << shift) | ((word & -word).bit_length() - 1)
-            bucket = buckets[k]
+            bucket = self._buckets[k]
             self._lo = k
         earliest: float = min(map(_by_deadline, bucket))
         self._nd = earliest
