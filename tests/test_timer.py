@@ -325,6 +325,24 @@ def test_time_going_backwards_fires_nothing_early(clock: ManualClock) -> None:
     assert t.expired(5.1) == ["b"]
 
 
+@pytest.mark.parametrize("wheel_size", [1, 4, 1024])
+def test_clock_stepping_back_before_the_origin(wheel_size: int) -> None:
+    # Deadlines before the origin give negative ticks and rotations.
+    clock = ManualClock(100.0)
+    t = Timer(tick=0.5, wheel_size=wheel_size, clock=clock)
+    clock.now = 40.0
+    handles = [t.set_timeout(d, d) for d in (7.3, 0.0, 61.2, 2.25, 59.0)]
+    assert min(h.tick for h in handles) < 0
+    assert t.next_deadline() == 40.0
+    assert t.expired(39.0) == []
+    assert t.expired(42.25) == [0.0, 2.25]
+    assert t.next_deadline() == 47.3
+    assert t.expired(math.nextafter(47.3, 0.0)) == []
+    assert t.expired(99.0) == [7.3, 59.0]
+    assert t.expired(101.2) == [61.2]
+    assert len(t) == 0
+
+
 def test_wheel_size_one_and_rounding(clock: ManualClock) -> None:
     assert Timer(wheel_size=1000).wheel_size == 1024
     assert Timer(wheel_size=1024).wheel_size == 1024

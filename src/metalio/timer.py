@@ -132,11 +132,12 @@ _by_deadline = attrgetter("_deadline")
 class Timeout:
     """The handle :meth:`Timer.set_timeout` returns; pass it to :meth:`Timer.cancel`.
 
-    A handle only names a timeout, like mio's ``Timeout`` value: it does not
-    keep the payload alive and holds no state of its own.  Ask the timer
-    whether it is still pending with ``timeout in timer``.  Handles compare
-    and hash by identity.  Only :meth:`Timer.set_timeout` makes meaningful
-    handles: a ``Timeout()`` built directly is never pending anywhere.
+    A handle only names a timeout, like mio's ``Timeout`` value: it holds
+    its tick and deadline, not the payload (which it therefore does not keep
+    alive), and not whether it is still pending: ask the timer, with
+    ``timeout in timer``.  Handles compare and hash by identity.  Only
+    :meth:`Timer.set_timeout` makes meaningful handles: a ``Timeout()`` built
+    directly is never pending anywhere.
     """
 
     # No __init__ on purpose: Timer builds handles with a bare ``Timeout()``
