@@ -247,6 +247,33 @@ def test_edge_probe_reports_hangup_of_a_fully_disarmed_source() -> None:
             os.close(r)
 
 
+def test_edge_priority_direction(be: EmulatedBackend) -> None:
+    lst = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(lst.getsockname())
+    srv, _ = lst.accept()
+    try:
+        fd = srv.fileno()
+        be.register(fd, R | 4, EDGE)
+        cli.send(b"!", socket.MSG_OOB)
+        deadline = time.monotonic() + 2
+        got = 0
+        while not got & POLLPRI and time.monotonic() < deadline:
+            got |= fds(be.poll(0.1, 8)).get(fd, 0)
+        assert got & POLLPRI
+        assert be.poll(0.05, 8) == []  # urgent byte unread: silent
+        assert srv.recv(1, socket.MSG_OOB) == b"!"
+        assert be.poll(0, 8) == []  # the probe sees it consumed and re-arms
+        cli.send(b"?", socket.MSG_OOB)
+        got = 0
+        deadline = time.monotonic() + 2
+        while not got & POLLPRI and time.monotonic() < deadline:
+            got |= fds(be.poll(0.1, 8)).get(fd, 0)
+        assert got & POLLPRI
+    finally:
+        for s in (cli, srv, lst):
+            s.close()
+
+
 def test_edge_through_poll_with_a_metalio_source_is_exact(name: str) -> None:
     from metalio.net import UnixStream
 
@@ -384,6 +411,22 @@ def test_closed_fd_is_dropped_silently_and_others_still_reported(
         be.deregister(stale)
     with pytest.raises(FileNotFoundError):
         be.deregister(stale)
+
+
+def test_closed_while_disarmed_is_dropped_by_the_probe(be: EmulatedBackend, pairs) -> None:
+    a, b = socket.socketpair()
+    c, d = new_pair(pairs)
+    old = a.fileno()
+    be.register(old, R, EDGE)
+    be.register(c.fileno(), R, LEVEL)
+    b.send(b"x")
+    assert fds(be.poll(0, 8)) == {old: POLLIN}  # disarmed, left undrained
+    a.close()
+    b.close()
+    d.send(b"y")
+    for _ in range(3):  # the probe meets the closed fd (POLLNVAL / EBADF)
+        assert fds(be.poll(0, 8)) == {c.fileno(): POLLIN}
+    assert not be._disarmed
 
 
 def _reuse(old_fd: int, pairs) -> tuple[socket.socket, socket.socket]:
@@ -530,6 +573,54 @@ def test_a_second_poller_gets_runtime_error(be: EmulatedBackend) -> None:
     assert box["result"] == []
     assert box["elapsed"] < 2.5  # type: ignore[operator]
     assert be.poll(0, 8) == []  # usable again
+
+
+def test_interrupt_before_the_wait_is_not_lost(be: EmulatedBackend) -> None:
+    be.interrupt()
+    t0 = time.monotonic()
+    assert be.poll(5.0, 8) == []
+    assert time.monotonic() - t0 < 2.5
+    t0 = time.monotonic()
+    assert be.poll(0.05, 8) == []  # consumed: this one waits
+    assert time.monotonic() - t0 >= 0.045
+
+
+def test_threads_hammering_the_registry_while_one_polls(be: EmulatedBackend, pairs) -> None:
+    socks = [new_pair(pairs) for _ in range(8)]
+    for _, b in socks:
+        b.send(b"x")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker(mine: list[tuple[socket.socket, socket.socket]]) -> None:
+        try:
+            while not stop.is_set():
+                for a, _ in mine:
+                    fd = a.fileno()
+                    be.register(fd, R | W, EDGE)
+                    be.rearm(fd, 1)
+                    be.reregister(fd, R, ONESHOT)
+                    be.rearm(fd, 2)
+                    be.deregister(fd)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(socks[i::2],)) for i in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 0.5
+        registered = {a.fileno() for a, _ in socks}
+        while time.monotonic() < deadline:
+            for fd, _ in be.poll(0.01, 4):
+                assert fd in registered
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    assert not errors
+    assert be.poll(0, 8) == []  # everything was deregistered
+    assert not be._entries and not be._disarmed and not be._pending
 
 
 def test_close_from_another_thread_wakes_the_poller(name: str) -> None:

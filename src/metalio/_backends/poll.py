@@ -28,7 +28,9 @@ Details
 -------
 * ``POLLNVAL`` (closed without ``deregister``) drops the descriptor from the
   set without an event; the record remains until ``register`` replaces it or
-  ``deregister``/``forget`` removes it.
+  ``deregister``/``forget`` removes it.  A closed descriptor whose number was
+  already reused by another file is caught by the identity check every event
+  gets (one ``os.fstat``).
 * The timeout is in milliseconds: a positive timeout is rounded *up*, so the
   call waits at least as long as asked.
 * One thread polls at a time (``RuntimeError`` otherwise); ``fileno()`` is

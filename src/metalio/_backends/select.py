@@ -30,7 +30,11 @@ What it cannot tell
   socket).  Windows select takes sockets only.
 * **Edges and oneshots.**  Level-triggered and stateless, like poll(2);
   emulated in ``._emulated`` (see there for the documented difference of
-  EDGE with raw descriptors).
+  EDGE with raw descriptors).  Without hang-up bits the emulation's probe
+  cannot notice a hang-up on an EDGE source whose directions are all
+  disarmed and still ready: a pipe writer registered EDGE WRITABLE whose
+  reader goes away is not reported again (its next write raises
+  ``BrokenPipeError``); poll and epoll report it.
 
 Cost
 ----
