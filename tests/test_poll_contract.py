@@ -664,12 +664,20 @@ def test_no_fd_leak_over_1000_polls(backend: str) -> None:
 # -- flags reported --------------------------------------------------------------
 
 
+def closed_flags_visible(poll: Poll) -> bool:
+    """select(2) cannot tell a hang-up from readability (docs/backends.md):
+    there the event is a plain READABLE and the read returns EOF."""
+    return poll.backend != "select"
+
+
 def test_peer_close_reports_read_closed(poll: Poll, pair) -> None:
     a, b = pair
     poll.registry.register(a, 1, R, PollOpt.EDGE)
     b.close()
     ready = Ready(wait_for(poll, 1))
-    assert ready.readable and ready.read_closed and ready.hup
+    assert ready.readable
+    if closed_flags_visible(poll):
+        assert ready.read_closed and ready.hup
     assert a.recv(10) == b""
 
 
@@ -682,7 +690,9 @@ def test_peer_shutdown_write_reports_read_closed(poll: Poll) -> None:
         poll.registry.register(cli, 1, R)
         srv.shutdown(socket.SHUT_WR)
         ready = Ready(wait_for(poll, 1))
-        assert ready.readable and ready.read_closed
+        assert ready.readable
+        if closed_flags_visible(poll):
+            assert ready.read_closed
         assert cli.recv(10) == b""
     finally:
         for s in (cli, srv, lst):
@@ -698,19 +708,25 @@ def test_pipe_close_events_both_ways(poll: Poll) -> None:
         os.close(w)
         w = -1
         ready = Ready(wait_for(poll, 1))
-        assert ready.read_closed and ready.readable
+        assert ready.readable
+        if closed_flags_visible(poll):
+            assert ready.read_closed
+        assert os.read(r, 10) == b""
     finally:
         os.close(r)
         if w >= 0:
             os.close(w)
     r, w = os.pipe()
     try:
-        poll.registry.register(w, 2, W, PollOpt.EDGE)
+        poll.registry.register(w, 2, W)
         assert collect(poll, 1) == {2: Ready.WRITABLE}
         os.close(r)
         r = -1
         ready = Ready(wait_for(poll, 2))
-        assert ready.write_closed or ready.error
+        if closed_flags_visible(poll):
+            assert ready.write_closed or ready.error
+        with pytest.raises(BrokenPipeError):
+            os.write(w, b"x")
     finally:
         os.close(w)
         if r >= 0:

@@ -154,7 +154,7 @@ class RegistryMachine(RuleBasedStateMachine):
     def write(self, i: int, n: int) -> None:
         s = self.slots[i]
         s.peer.send(b"x" * n)
-        if s.token is not None and s.opts & 2 and not s.pending and s.seen_empty:
+        if s.token is not None and s.interest & 1 and s.opts & 2 and not s.pending and s.seen_empty:
             s.fresh = True
         s.pending = True
         self.touch(s)

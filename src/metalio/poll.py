@@ -158,17 +158,27 @@ class Registry:
             raise ValueError(f"cannot register a closed source or negative fd ({fd})")
         with self._lock:
             self._check_open()
-            old = self._table.get(fd)
+            table = self._table
+            old = table.get(fd)
             if old is not None and old.source is source and type(source) is not int:
                 raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered")
+            # The row goes in before the kernel call: a thread blocked in
+            # poll() may receive the first event before register() returns,
+            # and an EDGE or ONESHOT event dropped for want of a row is lost.
+            table[fd] = _Registration(source, token, interest, opts, self._xlate[interest])
             try:
                 self._backend.register(fd, interest, opts)
-            except FileExistsError:
-                raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered") from None
+            except BaseException as exc:
+                if old is None:
+                    del table[fd]
+                else:
+                    table[fd] = old
+                if isinstance(exc, FileExistsError):
+                    raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered") from None
+                raise
             # Success with a record present means the record was stale.
             if old is not None:
                 _set_hook(old.source, None)
-            self._table[fd] = _Registration(source, token, interest, opts, self._xlate[interest])
             self._hook(source, fd, opts)
 
     def reregister(
@@ -193,15 +203,21 @@ class Registry:
             old = self._table.get(fd)
             if old is None:
                 raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered")
+            # New row first, as in register(): the re-armed event may reach a
+            # polling thread before the kernel call returns.
+            self._table[fd] = _Registration(
+                old.source, token, interest, opts, self._xlate[interest]
+            )
             try:
                 self._backend.reregister(fd, interest, opts)
             except FileNotFoundError:
                 # The backend no longer knows fd: our record is stale.
+                self._table[fd] = old
                 self._drop(fd, old)
                 raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered") from None
-            self._table[fd] = _Registration(
-                old.source, token, interest, opts, self._xlate[interest]
-            )
+            except BaseException:
+                self._table[fd] = old
+                raise
             self._hook(old.source, fd, opts)
 
     def deregister(self, source: Source) -> None:
