@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "client",
         help="tiny client: stdin to the server, the server to stdout",
         description="Connect to HOST:PORT, send standard input and print what the "
-        "server sends until it closes the connection (like nc).",
+        "server sends until it closes the connection (like nc). At the end of input "
+        "(Ctrl-D) the client stops sending but keeps printing; Ctrl-C quits.",
     )
     client.add_argument("host", metavar="HOST")
     client.add_argument("port", metavar="PORT", type=_port)

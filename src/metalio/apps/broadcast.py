@@ -191,7 +191,9 @@ class BroadcastServer(TcpServer):
 
     def continue_read(self, conn: Conn) -> None:
         if not conn.eof:
-            self._read(conn, not self._exact_edges)
+            # Drain to "would block": the edge that started this turn may also
+            # have carried an error, which must not wait for the next write.
+            self._read(conn, True)
 
     # -- reading -----------------------------------------------------------------
 

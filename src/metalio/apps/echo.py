@@ -110,7 +110,7 @@ class EchoServer(TcpServer):
 
     def continue_read(self, conn: Conn) -> None:
         if not conn.writing:
-            self._read(conn, not self._exact_edges)
+            self._read(conn, True)
 
     def _read(self, conn: Conn, drain: bool) -> None:
         stream = conn.stream
