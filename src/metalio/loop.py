@@ -154,6 +154,40 @@ def _override(handler: object, name: str) -> Any:
     return method
 
 
+def _bind(handler: object) -> tuple[Any, Any, Any, Any]:
+    """``ready``, ``notify``, ``timeout``, ``tick`` of *handler*; ``None`` for no-ops.
+
+    Unrolled attribute access: ``run_once`` pays this on every call.
+    """
+    try:
+        ready = handler.ready  # type: ignore[attr-defined]
+        notify = handler.notify  # type: ignore[attr-defined]
+        timeout = handler.timeout  # type: ignore[attr-defined]
+        tick = handler.tick  # type: ignore[attr-defined]
+    except AttributeError:  # not a Handler subclass: look each one up
+        return (
+            _override(handler, "ready"),
+            _override(handler, "notify"),
+            _override(handler, "timeout"),
+            _override(handler, "tick"),
+        )
+    if getattr(ready, "__func__", None) is _BASE_READY:
+        ready = None
+    if getattr(notify, "__func__", None) is _BASE_NOTIFY:
+        notify = None
+    if getattr(timeout, "__func__", None) is _BASE_TIMEOUT:
+        timeout = None
+    if getattr(tick, "__func__", None) is _BASE_TICK:
+        tick = None
+    return ready, notify, timeout, tick
+
+
+_BASE_READY: Final = Handler.ready
+_BASE_NOTIFY: Final = Handler.notify
+_BASE_TIMEOUT: Final = Handler.timeout
+_BASE_TICK: Final = Handler.tick
+
+
 def _ignore_ready(loop: EventLoop, token: int, ready: Ready) -> None:
     pass
 
@@ -427,6 +461,25 @@ class EventLoop:
         self._sigq: deque[int] = deque()  # 0 = "interrupted", else a signal number
         self._signals: _SignalSet | None = None
         self._leftover: list[tuple[int, int]] | None = None
+        # What _iterate binds to locals, in one tuple: run_once pays the setup
+        # on every call.
+        core = self._notify
+        self._hot = (
+            self._backend_poll,
+            self._table.get,
+            self._events_capacity,
+            core,
+            core.queue,
+            core.queue.popleft,
+            core.credits.extend,
+            core.credits.append,
+            self._mpt,
+            self._clock,
+            self._tracker.shared,
+            self._unique_fds,
+            self._sigq,
+            self._due,
+        )
         self._running = False
         self._active = False
         self._loop_thread = 0
@@ -596,7 +649,12 @@ class EventLoop:
         :raises BaseException: whatever a handler method or a Python signal
             handler raised.
         """
-        limit = _normalize_limit(timeout)
+        if timeout is None:
+            limit = None
+        elif type(timeout) is float and 0.0 < timeout <= MAX_TIMEOUT:
+            limit = timeout
+        else:
+            limit = _normalize_limit(timeout)
         self._enter()
         try:
             self._iterate(handler, True, limit)
@@ -626,25 +684,28 @@ class EventLoop:
 
     def _iterate(self, handler: Handler, once: bool, limit: float | None) -> None:
         """The loop itself; see the module docstring.  Hot path: keep it flat."""
-        ready = _override(handler, "ready") or _ignore_ready
-        notify = _override(handler, "notify")
-        on_timeout = _override(handler, "timeout") or _ignore_timeout
-        tick = _override(handler, "tick")
-        backend_poll = self._backend_poll
-        get = self._table.get
-        capacity = self._events_capacity
-        core = self._notify
-        queue = core.queue
-        popleft = queue.popleft
-        give_back = core.credits.extend
-        give_credit = core.credits.append
-        mpt = self._mpt
-        clock = self._clock
-        shared = self._tracker.shared
-        fast = self._unique_fds  # the backend never reports one fd twice per poll
-        sigq = self._sigq
+        ready, notify, on_timeout, tick = _bind(handler)
+        if ready is None:
+            ready = _ignore_ready
+        if on_timeout is None:
+            on_timeout = _ignore_timeout
+        (
+            backend_poll,
+            get,
+            capacity,
+            core,
+            queue,
+            popleft,
+            give_back,
+            give_credit,
+            mpt,
+            clock,
+            shared,
+            fast,  # the backend never reports one fd twice per poll
+            sigq,
+            due,
+        ) = self._hot
         inf = _INF
-        due = self._due
         t: float | None
         while True:
             # 1. Wait.
