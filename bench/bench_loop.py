@@ -37,7 +37,11 @@ Three measurements, each printed with ratios (never asserted anywhere):
    ``-net`` pair).  Every server stops reading after a short read (see
    ``bench/echo/servers/epoll_floor.py`` for why that is sound with EPOLLET).
 
-Run: ``python bench/bench_loop.py [--only notify,timers,dispatch] [--quick]``.
+A fourth section, **model**, runs the loop over a fake backend (no kernel)
+and prints its Python overhead per event and per iteration against a bare
+loop: where the dispatch time goes, free of the machine's noise.
+
+Run: ``python bench/bench_loop.py [--only notify,timers,model,dispatch] [--quick]``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import os
 import random
 import select
@@ -250,6 +255,88 @@ def bench_timers(reps: int) -> None:
     if "uvloop" in best:
         print(f"  metalio / uvloop  = {best['metalio'] / best['uvloop']:.1f}x")
     print(f"  loop overhead over the bare wheel: {best['Timer'] / best['metalio']:.2f}x")
+
+
+# ---------------------------------------------------------------------------
+# 3a. dispatch model: the loop's own Python cost, without the kernel
+
+
+def _model_once(n_events: int, iterations: int) -> tuple[float, float]:
+    """ns per iteration: EventLoop.run vs a bare loop, over a fake backend.
+
+    The backend is replaced by a function returning the same *n_events*
+    ``(fd, mask)`` pairs every time, so only Python runs: the loop's
+    dispatch (table lookup, Ready translation, the ``ready`` call, the
+    per-iteration checks) against a hand-written loop that looks the
+    connection up by fd and calls a function with it.  Both handlers do the
+    same: one dict lookup and a counter.
+    """
+    socks = [socket.socketpair() for _ in range(n_events)]
+    try:
+        with EventLoop() as loop:
+            for a, _ in socks:
+                loop.register(a, a.fileno(), Interest.READABLE | Interest.WRITABLE, PollOpt.EDGE)
+            raw = [(a.fileno(), 1) for a, _ in socks]
+            conns = {a.fileno(): [a] for a, _ in socks}
+            left = [0]
+
+            class H(Handler):
+                def __init__(self) -> None:
+                    self.get = conns.get
+
+                def ready(self, ev: EventLoop, token: int, ready: Ready) -> None:
+                    self.get(token)
+                    left[0] -= 1
+                    if not left[0]:
+                        ev.shutdown()
+
+            def fake_poll(timeout: float | None, maxevents: int) -> list[tuple[int, int]]:
+                return raw
+
+            hot = list(loop._hot)
+            hot[0] = fake_poll
+            loop._hot = tuple(hot)
+            handler = H()
+
+            def bare() -> None:
+                get = conns.get
+                poll = fake_poll
+
+                def handle(conn: Any, ev: int) -> None:
+                    left[0] -= 1
+
+                for _ in range(iterations):
+                    for fd, ev in poll(None, 1024):
+                        conn = get(fd)
+                        if conn is None:
+                            continue
+                        handle(conn, ev)
+
+            best_loop = best_bare = math.inf
+            for _ in range(5):
+                left[0] = iterations * n_events
+                t0 = time.perf_counter()
+                loop.run(handler)
+                best_loop = min(best_loop, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                bare()
+                best_bare = min(best_bare, time.perf_counter() - t0)
+            return best_loop / iterations * 1e9, best_bare / iterations * 1e9
+    finally:
+        for a, b in socks:
+            a.close()
+            b.close()
+
+
+def bench_model() -> None:
+    print("\n== dispatch model: Python cost per iteration, fake backend (no kernel) ==")
+    rows = {n: _model_once(n, 20_000) for n in (1, 10)}
+    for n, (lp, bare) in rows.items():
+        print(f"  {n:2d} events/iteration: EventLoop {lp:6.0f} ns, bare loop {bare:6.0f} ns")
+    (l1, b1), (l10, b10) = rows[1], rows[10]
+    per_event = ((l10 - b10) - (l1 - b1)) / 9
+    per_iter = (l1 - b1) - per_event
+    print(f"  EventLoop extra: {per_event:.0f} ns per event + {per_iter:.0f} ns per iteration")
 
 
 # ---------------------------------------------------------------------------
@@ -723,7 +810,7 @@ def bench_dispatch(reps: int, seconds: float, servers: tuple[str, ...] = SERVERS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="EventLoop benchmarks")
-    parser.add_argument("--only", default="notify,timers,dispatch")
+    parser.add_argument("--only", default="notify,timers,model,dispatch")
     parser.add_argument("--servers", default=",".join(SERVERS), help="dispatch servers")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (interleaved)")
     parser.add_argument("--seconds", type=float, default=3.0, help="dispatch window")
@@ -742,6 +829,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_notify(args.reps)
     if "timers" in only:
         bench_timers(args.reps)
+    if "model" in only:
+        bench_model()
     if "dispatch" in only:
         servers = tuple(x for x in args.servers.split(",") if x)
         unknown = set(servers) - set(SERVERS)
