@@ -289,6 +289,22 @@ class _TokenTracker:
             if new is not None:
                 self._inc(new.token)
 
+    def expect(self, token: int) -> None:
+        """A registration under *token* is about to appear: flag it shared early.
+
+        The registry puts the row in the table before its kernel call, so a
+        polling thread may see it before ``account`` runs; flagging first keeps
+        "``shared`` covers every shared token" true at every instant (it may
+        briefly over-approximate, which only costs the merging path).
+        """
+        if token in self.counts:
+            self.shared.add(token)
+
+    def settle(self, token: int) -> None:
+        """Undo an ``expect`` that did not come true."""
+        if self.counts.get(token, 0) < 2:
+            self.shared.discard(token)
+
     def _inc(self, token: int) -> None:
         count = self.counts.get(token, 0) + 1
         self.counts[token] = count
@@ -340,10 +356,12 @@ class _LoopRegistry(Registry):
         tracker = _TRACKERS[self]
         with tracker.lock:
             before = self._rows(source)
+            tracker.expect(token)
             try:
                 super()._register(source, token, interest, opts)
             finally:
                 tracker.account(before, self._table)
+                tracker.settle(token)
 
     def reregister(
         self, source: Source, token: int, interest: int, opts: int = PollOpt.LEVEL
@@ -351,10 +369,14 @@ class _LoopRegistry(Registry):
         tracker = _TRACKERS[self]
         with tracker.lock:
             before = self._rows(source)
+            if isinstance(token, int):
+                tracker.expect(token)
             try:
                 super().reregister(source, token, interest, opts)
             finally:
                 tracker.account(before, self._table)
+                if isinstance(token, int):
+                    tracker.settle(token)
 
     def deregister(self, source: Source) -> None:
         tracker = _TRACKERS[self]
