@@ -16,6 +16,8 @@ from ._flags import Ready
 
 __all__ = ["Event", "Events"]
 
+_int_and = int.__and__  # Ready's own ``&`` runs Python code; see _flags
+
 
 class Event(NamedTuple):
     """One readiness report: the registration's token and what happened."""
@@ -25,32 +27,32 @@ class Event(NamedTuple):
 
     @property
     def readable(self) -> bool:
-        return bool(self[1] & 1)
+        return _int_and(self[1], 1) != 0
 
     @property
     def writable(self) -> bool:
-        return bool(self[1] & 2)
+        return _int_and(self[1], 2) != 0
 
     @property
     def priority(self) -> bool:
-        return bool(self[1] & 4)
+        return _int_and(self[1], 4) != 0
 
     @property
     def error(self) -> bool:
-        return bool(self[1] & 8)
+        return _int_and(self[1], 8) != 0
 
     @property
     def read_closed(self) -> bool:
-        return bool(self[1] & 16)
+        return _int_and(self[1], 16) != 0
 
     @property
     def write_closed(self) -> bool:
-        return bool(self[1] & 32)
+        return _int_and(self[1], 32) != 0
 
     @property
     def hup(self) -> bool:
         """The peer will send no more data (the same as :attr:`read_closed`)."""
-        return bool(self[1] & 16)
+        return _int_and(self[1], 16) != 0
 
     def __repr__(self) -> str:
         names = [m.name for m in Ready if m & self[1] and m.name] or ["(none)"]
