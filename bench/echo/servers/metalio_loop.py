@@ -4,7 +4,8 @@ Placeholder for the metalio team, written against API.md sections 2-6: a
 ``Handler`` whose ``ready`` accepts on token 0 and echoes on the connection
 tokens handed out by a ``Slab``.  Every stream is registered once with
 ``READABLE | WRITABLE`` and ``PollOpt.EDGE`` and never re-registered; reads go
-into one reused buffer (``try_read_into``); a partial write is kept and
+with ``try_read`` (one ``read(2)`` into a fresh ``bytes``, which is then
+written as it is); a partial write is kept and
 flushed on the next writable edge.  SIGTERM/SIGINT reach ``Handler.signal``
 through ``loop.add_signal`` and shut the loop down.
 
@@ -46,8 +47,6 @@ class Echo(Handler):
     def __init__(self, listener: TcpListener) -> None:
         self.listener = listener
         self.conns: Slab = Slab(start=LISTENER + 1)
-        self.buf = bytearray(BUF)
-        self.view = memoryview(self.buf)
 
     def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
         if token == LISTENER:
@@ -65,32 +64,30 @@ class Echo(Handler):
                 return
             if n is not None:
                 conn.out = conn.out[n:]
-        buf = self.buf
-        view = self.view
         while True:  # drain the read side
             try:
-                n = stream.try_read_into(buf)
+                data = stream.try_read(BUF)
             except OSError:
                 self.close(loop, token)
                 return
-            if n is None:
+            if data is None:
                 break
-            if n == 0:
+            if not data:
                 self.close(loop, token)
                 return
             if conn.out:
-                conn.out += view[:n]
+                conn.out += data
             else:
                 try:
-                    w = stream.try_write(view[:n])
+                    w = stream.try_write(data)
                 except OSError:
                     self.close(loop, token)
                     return
                 if w is None:
-                    w = 0
-                if w < n:
-                    conn.out = bytes(view[w:n])
-            if n < BUF:
+                    conn.out = data
+                elif w < len(data):
+                    conn.out = data[w:]
+            if len(data) < BUF:
                 # A short read on a stream socket: the receive buffer was empty
                 # at that moment and the next arrival raises a new edge, so the
                 # read that would only return None is skipped (a metalio-program
