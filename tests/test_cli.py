@@ -247,3 +247,19 @@ def test_client_reports_refused_connection() -> None:
         result = run("client", "127.0.0.1", str(port))
     assert result.returncode == 1
     assert "cannot connect" in result.stderr
+
+
+def test_bench_defaults_to_the_short_run(tmp_path, monkeypatch, capsys) -> None:
+    import json
+
+    import metalio.cli as cli
+
+    script = tmp_path / "run.py"
+    script.write_text("import json\n\ndef main(argv):\n    print(json.dumps(argv))\n    return 0\n")
+    monkeypatch.setattr(cli, "find_bench", lambda: script)
+    assert cli.main(["bench"]) == 0
+    assert json.loads(capsys.readouterr().out) == ["--quick"]
+    assert cli.main(["bench", "--full", "--json", "x"]) == 0
+    assert json.loads(capsys.readouterr().out) == ["--full", "--json", "x"]
+    assert cli.main(["bench", "--servers", "epoll_floor"]) == 0
+    assert json.loads(capsys.readouterr().out) == ["--quick", "--servers", "epoll_floor"]

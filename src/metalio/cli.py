@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="echo benchmark against the standard library, asyncio and uvloop "
         "(source checkout only; 'metalio bench --help' for its options)",
         description="Runs bench/echo/run.py of a metalio source checkout; every argument "
-        "is passed on to it.",
+        "is passed on to it.  Without --full it runs the short version (--quick, about a minute).",
     )
     return parser
 
@@ -217,6 +217,9 @@ def _run_bench(args: list[str]) -> int:
     if entry is None:
         print(f"metalio bench: {script} has no main(argv)", file=sys.stderr)
         return 2
+    # `metalio bench` alone is the short (about a minute) run; `--full` is the matrix.
+    if not {"--full", "--quick", "-h", "--help", "--list"} & set(args):
+        args = ["--quick", *args]
     status: Any = entry(args)
     return int(status or 0)
 
