@@ -536,7 +536,7 @@ class EventLoop:
         core = self._notify
         self._hot = (
             self._backend_poll,
-            self._table.get,
+            self._table,
             self._events_capacity,
             core,
             core.queue,
@@ -761,7 +761,7 @@ class EventLoop:
             on_timeout = _ignore_timeout
         (
             backend_poll,
-            get,
+            table,
             capacity,
             core,
             queue,
@@ -818,13 +818,15 @@ class EventLoop:
                     fd = -1  # no event started yet (an asynchronous exception)
                     try:
                         for fd, mask in raw:
-                            reg = get(fd)
-                            if reg is not None:
-                                token = reg.token
-                                if token >= 0:
-                                    ready(self, token, reg.xlate[mask])
-                                else:
-                                    self._internal(token)
+                            try:
+                                reg = table[fd]
+                            except KeyError:  # deregistered since the wait (rare)
+                                continue
+                            token = reg.token
+                            if token >= 0:
+                                ready(self, token, reg.xlate[mask])
+                            else:
+                                self._internal(token)
                     except BaseException:
                         self._keep_after(raw, fd)
                         raise
