@@ -795,7 +795,7 @@ class EventLoop:
                             t = limit
                         elif t > MAX_TIMEOUT:
                             t = MAX_TIMEOUT
-                if t != 0.0 and core.has_senders:
+                if core.has_senders and t != 0.0:
                     if core.locked:
                         if not core.announce_sleep():
                             t = 0.0
