@@ -49,11 +49,10 @@ class Echo(Handler):
         self.conns: Slab = Slab(start=LISTENER + 1)
 
     def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
-        if token == LISTENER:
-            self.accept(loop)
-            return
         conn = self.conns.get(token)
-        if conn is None:
+        if conn is None:  # the listener (its token is not a slab key) or a closed one
+            if token == LISTENER:
+                self.accept(loop)
             return
         stream = conn.stream
         if conn.out and ready.writable:
