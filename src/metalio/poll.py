@@ -51,6 +51,10 @@ __all__ = ["Poll", "Registry"]
 
 _new_event: Final = tuple.__new__
 
+# Descriptors are C ints in every kernel call CPython makes: a larger number
+# can name nothing (and CPython would raise OverflowError for it).
+_FD_MAX: Final = 2**31 - 1
+
 
 class _Registration:
     """One row of the token table; replaced, never mutated."""
@@ -139,8 +143,9 @@ class Registry:
 
         :raises TypeError: *source* has no usable ``fileno()``; *token*,
             *interest* or *opts* of the wrong type.
-        :raises ValueError: negative fd or closed source; token out of range;
-            empty interest; invalid ``PollOpt`` combination; the Poll is closed.
+        :raises ValueError: negative fd or closed source, or an fd beyond
+            ``2**31 - 1``; token out of range; empty interest; invalid
+            ``PollOpt`` combination; the Poll is closed.
         :raises FileExistsError: *source* is already registered with this Poll.
         :raises OSError: the kernel refused the descriptor (e.g.
             ``PermissionError`` for a regular file on epoll); nothing is left
@@ -156,6 +161,8 @@ class Registry:
         fd = _fd_of(source)
         if fd < 0:
             raise ValueError(f"cannot register a closed source or negative fd ({fd})")
+        if fd > _FD_MAX:
+            raise ValueError(f"fd {fd} is out of range")
         with self._lock:
             self._check_open()
             table = self._table
@@ -198,6 +205,8 @@ class Registry:
         fd = _fd_of(source)
         if fd < 0:
             raise ValueError(f"cannot reregister a closed source or negative fd ({fd})")
+        if fd > _FD_MAX:
+            raise ValueError(f"fd {fd} is out of range")
         with self._lock:
             self._check_open()
             old = self._table.get(fd)

@@ -331,8 +331,9 @@ class Timer:
         :raises TypeError: *delay* is not a real number.
         :raises ValueError: *delay* is negative, NaN or infinite.
         :raises metalio.TimerError: ``capacity`` timeouts are already pending.
-        :raises OverflowError: *delay* is so large that its tick number is
-            not a finite float (more than about ``1e308`` ticks).
+        :raises ValueError: also when *delay* is finite but so large that its
+            deadline or tick number is not a finite float (more than about
+            ``1e308`` ticks), like an infinite one.
         """
         # The hot path: one comparison chain validates the delay (a
         # non-number fails it with TypeError, NaN fails it too), and every
@@ -345,8 +346,14 @@ class Timer:
         room = self._room
         if not room:
             raise TimerError(f"too many pending timeouts (capacity {self._capacity})")
-        deadline = self._clock() + delay
-        k = int((deadline - self._origin) / self._tick + _CEIL)
+        now = self._clock()
+        try:
+            deadline = now + delay
+            k = int((deadline - self._origin) / self._tick + _CEIL)
+        except OverflowError:
+            raise ValueError(
+                f"delay {delay!r} is too large: its deadline is not representable"
+            ) from None
         if k <= self._lo:
             self._lo = k
             self._nd = None

@@ -165,7 +165,7 @@ class TcpListener(ListenerSource):
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(checked)
-            sock.listen(backlog)
+            sock.listen(min(backlog, 0x7FFFFFFF))  # a C int; the kernel caps it at somaxconn
         except BaseException:
             sock.close()
             raise

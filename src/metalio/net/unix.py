@@ -172,7 +172,7 @@ class UnixListener(ListenerSource):
             raise ValueError(f"backlog must be >= 0, got {backlog}")
         sock = _bound(socket.SOCK_STREAM, raw, unlink_existing)
         try:
-            sock.listen(backlog)
+            sock.listen(min(backlog, 0x7FFFFFFF))  # a C int; the kernel caps it at somaxconn
         except BaseException:
             sock.close()
             raise
