@@ -319,15 +319,6 @@ def test_failed_deregister_keeps_the_registration(
         assert tokens(poll, 2) == [5]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Registry._register puts the new row in the token table before the kernel "
-        "call; when that call fails (FileExistsError for a live fd registered under "
-        "another object or by number), a concurrent poll() in that window reports "
-        "the live registration's readiness under the failed call's token"
-    ),
-)
 @pytest.mark.parametrize("backend_name", REAL_BACKENDS)
 def test_failed_register_never_lends_its_token(backend_name: str) -> None:
     # The window is real: epoll_ctl releases the GIL, and tests/test_stress.py

@@ -111,6 +111,14 @@ def _fd_of(source: object) -> int:
     return int(fd)
 
 
+def _fd_or_closed(source: object) -> int:
+    """Like ``_fd_of`` but never raises: ``-1`` for anything without a usable fd."""
+    try:
+        return _fd_of(source)
+    except Exception:
+        return -1
+
+
 def _set_hook(source: object, hook: Callable[[int], None] | None) -> None:
     if hasattr(source, "_rearm"):
         try:
@@ -169,20 +177,30 @@ class Registry:
             old = table.get(fd)
             if old is not None and old.source is source and type(source) is not int:
                 raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered")
-            # The row goes in before the kernel call: a thread blocked in
-            # poll() may receive the first event before register() returns,
+            row = _Registration(source, token, interest, opts, self._xlate[interest])
+            # Normally the row goes in before the kernel call: a thread blocked
+            # in poll() may receive the first event before register() returns,
             # and an EDGE or ONESHOT event dropped for want of a row is lost.
-            table[fd] = _Registration(source, token, interest, opts, self._xlate[interest])
+            # But when the fd already has a row whose source still owns that
+            # number, the kernel will most likely refuse (the fd is live), and
+            # a row put in first would lend the new token to the live
+            # registration's events until the refusal: ask the kernel first.
+            row_first = old is None or _fd_or_closed(old.source) != fd
+            if row_first:
+                table[fd] = row
             try:
                 self._backend.register(fd, interest, opts)
             except BaseException as exc:
-                if old is None:
-                    del table[fd]
-                else:
-                    table[fd] = old
+                if row_first:
+                    if old is None:
+                        del table[fd]
+                    else:
+                        table[fd] = old
                 if isinstance(exc, FileExistsError):
                     raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered") from None
                 raise
+            if not row_first:
+                table[fd] = row
             # Success with a record present means the record was stale.
             if old is not None:
                 _set_hook(old.source, None)
