@@ -100,6 +100,9 @@ def test_events_buffer() -> None:
         Events(-5)
     with pytest.raises(TypeError):
         Events(1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Events(2**20 + 1)
+    assert Events(2**20).capacity == 2**20
     ev = Events()
     assert ev.capacity == 1024
     assert len(ev) == 0 and not ev and ev.is_empty()

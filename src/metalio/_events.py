@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from ._flags import Ready
 
-__all__ = ["Event", "Events"]
+__all__ = ["MAX_CAPACITY", "Event", "Events"]
 
 _int_and = int.__and__  # Ready's own ``&`` runs Python code; see _flags
 
@@ -59,11 +59,18 @@ class Event(NamedTuple):
         return f"Event(token={self[0]}, readiness={'|'.join(names)})"
 
 
+MAX_CAPACITY = 1 << 20
+"""The largest ``Events`` capacity.  Every ``poll()`` hands the kernel a buffer
+of that many entries (CPython allocates it per call, 12 bytes an entry on
+epoll, and ``epoll_wait`` refuses more than about 178 million), so a larger
+capacity could only fail later, or waste memory on every call."""
+
+
 class Events:
     """A reusable buffer of at most *capacity* events.
 
     :raises TypeError: *capacity* is not an ``int``.
-    :raises ValueError: *capacity* < 1.
+    :raises ValueError: *capacity* < 1 or > ``MAX_CAPACITY`` (2**20).
     """
 
     __slots__ = ("_capacity", "_items")
@@ -71,8 +78,8 @@ class Events:
     def __init__(self, capacity: int = 1024) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int):
             raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"capacity must be in 1 ..= {MAX_CAPACITY}, got {capacity}")
         self._capacity = int(capacity)
         self._items: list[Event] = []
 

@@ -93,6 +93,7 @@ from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Final
 
 from ._backends import MAX_TIMEOUT
+from ._events import MAX_CAPACITY as MAX_EVENTS_CAPACITY
 from ._flags import READY_VALUES, PollOpt, Ready
 from .channel import NOTIFY_TOKEN, Sender, _new_sender, _Notify
 from .poll import Poll, Registry, _fd_of, _Registration
@@ -247,11 +248,19 @@ def _ignore_timeout(loop: EventLoop, payload: Any) -> None:
 # Config
 
 
+# Upper bounds for the counts that size memory up front: the channel holds one
+# credit per slot, and every wait hands the kernel an events_capacity buffer.
+_COUNT_LIMITS: Final = {"notify_capacity": 1 << 22, "events_capacity": MAX_EVENTS_CAPACITY}
+
+
 def _check_count(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    limit = _COUNT_LIMITS.get(name)
+    if limit is not None and value > limit:
+        raise ValueError(f"{name} must be <= {limit}, got {value}")
 
 
 @dataclass
@@ -268,8 +277,10 @@ class EventLoopConfig:
     :param backend: the ``Poll`` backend name; ``None`` picks the best.
     :raises TypeError: a value has the wrong type (``bool`` is not a count;
         *clock* not callable; *backend* not a ``str`` or ``None``).
-    :raises ValueError: a count ``< 1``; a tick that is not a positive finite
-        number.  (An unknown backend name is reported by ``EventLoop``.)
+    :raises ValueError: a count ``< 1``; ``notify_capacity > 2**22`` or
+        ``events_capacity > 2**20`` (both size memory up front); a tick that
+        is not a positive finite number.  (An unknown backend name is
+        reported by ``EventLoop``.)
     """
 
     notify_capacity: int = 4096
