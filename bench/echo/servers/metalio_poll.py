@@ -3,9 +3,11 @@
 Placeholder for the metalio team, written against API.md sections 2-3: the
 mio-style loop a user writes by hand -- ``poll.poll(events)``, a dispatch on
 ``event.token``, edge-triggered ``metalio.net`` streams registered once with
-``READABLE | WRITABLE``, reads into one reused buffer, partial writes flushed
-on the next writable edge.  SIGTERM/SIGINT handlers raise, and per the
-contract the exception propagates out of ``poll()``.
+``READABLE | WRITABLE``, reads with ``try_read`` (one ``read(2)`` into a
+fresh ``bytes``, which is then written as it is; cheaper in Python than
+``try_read_into`` a reused buffer plus a ``memoryview`` slice to write), partial
+writes flushed on the next writable edge.  SIGTERM/SIGINT handlers raise, and
+per the contract the exception propagates out of ``poll()``.
 
 metalio is imported from this checkout's ``src/``.  If it is not usable yet
 the script exits non-zero before printing "ready" and the runner reports it as
@@ -55,8 +57,6 @@ def serve(port: int) -> None:
         events = Events(1024)
         conns: dict[int, Conn] = {}
         next_token = LISTENER + 1
-        buf = bytearray(BUF)
-        view = memoryview(buf)
         conn_interest = Interest.READABLE | Interest.WRITABLE
 
         def close(token: int) -> None:
@@ -64,28 +64,30 @@ def serve(port: int) -> None:
             registry.deregister(conn.stream)
             conn.stream.close()
 
+        def accept(next_token: int) -> int:
+            while True:
+                try:
+                    accepted = listener.try_accept()
+                except OSError:
+                    return next_token
+                if accepted is None:
+                    return next_token
+                stream = accepted[0]
+                stream.set_nodelay(True)
+                conns[next_token] = Conn(stream)
+                registry.register(stream, next_token, conn_interest, PollOpt.EDGE)
+                next_token += 1
+
         print("ready", flush=True)
         try:
             while True:
                 poll.poll(events)
                 for event in events:
                     token = event.token
-                    if token == LISTENER:
-                        while True:
-                            try:
-                                accepted = listener.try_accept()
-                            except OSError:
-                                break
-                            if accepted is None:
-                                break
-                            stream = accepted[0]
-                            stream.set_nodelay(True)
-                            conns[next_token] = Conn(stream)
-                            registry.register(stream, next_token, conn_interest, PollOpt.EDGE)
-                            next_token += 1
-                        continue
                     conn = conns.get(token)
-                    if conn is None:
+                    if conn is None:  # the listener (not in conns) or a closed one
+                        if token == LISTENER:
+                            next_token = accept(next_token)
                         continue
                     stream = conn.stream
                     if conn.out and event.writable:
@@ -98,28 +100,28 @@ def serve(port: int) -> None:
                             conn.out = conn.out[n:]
                     while True:  # drain the read side
                         try:
-                            n = stream.try_read_into(buf)
+                            data = stream.try_read(BUF)
                         except OSError:
                             close(token)
                             break
-                        if n is None:
+                        if data is None:
                             break
-                        if n == 0:
+                        if not data:
                             close(token)
                             break
                         if conn.out:
-                            conn.out += view[:n]
+                            conn.out += data
                         else:
                             try:
-                                w = stream.try_write(view[:n])
+                                w = stream.try_write(data)
                             except OSError:
                                 close(token)
                                 break
                             if w is None:
-                                w = 0
-                            if w < n:
-                                conn.out = bytes(view[w:n])
-                        if n < BUF:
+                                conn.out = data
+                            elif w < len(data):
+                                conn.out = data[w:]
+                        if len(data) < BUF:
                             break  # short read: drained; the next arrival is a new edge
         except _Stop:
             pass
