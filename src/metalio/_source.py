@@ -14,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, TypeAlias, runtime_checkable
 
-__all__ = ["HasFileno", "RearmHook", "Source", "fd_of"]
+__all__ = ["READ_LIMIT", "HasFileno", "RearmHook", "Source", "fd_of"]
+
+READ_LIMIT = 1 << 24
+"""The most bytes one ``try_read``/``try_recv``-style call asks the kernel for.
+
+``os.read`` and ``socket.recv`` allocate *n* bytes before the call, so an
+absurd *n* would raise ``MemoryError`` or ``OverflowError``.  A read may
+always return fewer bytes than asked, so larger requests are clamped to 16 MiB
+(more than any socket buffer holds) instead of refused."""
 
 
 @runtime_checkable

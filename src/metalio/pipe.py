@@ -42,7 +42,7 @@ import sys
 import warnings
 from typing import Any, Final, TypeVar
 
-from ._source import RearmHook
+from ._source import READ_LIMIT, RearmHook
 
 __all__ = ["PipeReader", "PipeWriter", "pipe"]
 
@@ -142,8 +142,10 @@ class PipeReader(_PipeEnd):
         :raises ValueError: *n* < 1.
         :raises OSError: ``EBADF`` once closed, or another real failure.
         """
-        if n < 1:
-            raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
+        if not 0 < n <= READ_LIMIT:
+            if n < 1:
+                raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
+            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
         try:
             return _read(self._fd, n)
         except BlockingIOError:

@@ -22,7 +22,7 @@ import socket
 import sys
 from typing import Any, ClassVar, Final, TypeAlias, TypeVar
 
-from .._source import RearmHook
+from .._source import READ_LIMIT, RearmHook
 
 __all__ = [
     "ABSTRACT_OK",
@@ -334,8 +334,10 @@ class StreamSource(SocketSource):
             :raises OSError: a real failure (``ConnectionResetError``, ``EBADF``
                 once closed, ...).
             """
-            if n < 1:
-                raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
+            if not 0 < n <= READ_LIMIT:
+                if n < 1:
+                    raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
+                n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
             try:
                 return _read(self._fd, n)
             except BlockingIOError:
@@ -405,8 +407,10 @@ class StreamSource(SocketSource):
     else:  # pragma: no cover - Windows
 
         def try_read(self, n: int = 65536) -> bytes | None:
-            if n < 1:
-                raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
+            if not 0 < n <= READ_LIMIT:
+                if n < 1:
+                    raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
+                n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
             try:
                 return self.socket.recv(n)
             except BlockingIOError:
@@ -449,8 +453,10 @@ class StreamSource(SocketSource):
         :raises ValueError: *n* < 1.
         :raises OSError: a real failure.
         """
-        if n < 1:
-            raise ValueError("try_peek needs n >= 1 (b'' would mean end of stream)")
+        if not 0 < n <= READ_LIMIT:
+            if n < 1:
+                raise ValueError("try_peek needs n >= 1 (b'' would mean end of stream)")
+            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
         try:
             return self.socket.recv(n, _MSG_PEEK)
         except BlockingIOError:
@@ -550,8 +556,10 @@ class DatagramSource(SocketSource):
         :raises ValueError: *n* < 1.
         :raises OSError: a real failure.
         """
-        if n < 1:
-            raise ValueError("try_recv_from needs n >= 1")
+        if not 0 < n <= READ_LIMIT:
+            if n < 1:
+                raise ValueError("try_recv_from needs n >= 1")
+            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
         try:
             return self.socket.recvfrom(n)
         except BlockingIOError:
@@ -581,8 +589,10 @@ class DatagramSource(SocketSource):
         :raises ValueError: *n* < 1.
         :raises OSError: a real failure.
         """
-        if n < 1:
-            raise ValueError("try_recv needs n >= 1")
+        if not 0 < n <= READ_LIMIT:
+            if n < 1:
+                raise ValueError("try_recv needs n >= 1")
+            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
         try:
             return self.socket.recv(n)
         except BlockingIOError:
@@ -597,8 +607,10 @@ class DatagramSource(SocketSource):
         :raises ValueError: *n* < 1.
         :raises OSError: a real failure.
         """
-        if n < 1:
-            raise ValueError("try_peek_from needs n >= 1")
+        if not 0 < n <= READ_LIMIT:
+            if n < 1:
+                raise ValueError("try_peek_from needs n >= 1")
+            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
         try:
             return self.socket.recvfrom(n, _MSG_PEEK)
         except BlockingIOError:
