@@ -39,9 +39,16 @@ Three measurements, each printed with ratios (never asserted anywhere):
 
 A fourth section, **model**, runs the loop over a fake backend (no kernel)
 and prints its Python overhead per event and per iteration against a bare
-loop: where the dispatch time goes, free of the machine's noise.
+loop: where the dispatch time goes, free of the machine's noise.  A fifth,
+**echo-model**, runs the echo benchmark's own servers (``epoll_floor``'s
+loop body, ``metalio_loop``'s handler on an ``EventLoop``, ``metalio_poll``'s
+loop over a ``Poll``) over the same kind of fake backend, with the streams'
+``os.read``/``os.write`` replaced by C-level stand-ins: each server's whole
+Python path per round trip, steady to a few percent where the echo harness
+varies by ten.  The real gap to the floor is larger (the kernel's work
+between events leaves the caches cold), but changes rank the same.
 
-Run: ``python bench/bench_loop.py [--only notify,timers,model,dispatch] [--quick]``.
+Run: ``python bench/bench_loop.py [--only notify,timers,model,echo-model,dispatch] [--quick]``.
 """
 
 from __future__ import annotations
@@ -337,6 +344,189 @@ def bench_model() -> None:
     per_event = ((l10 - b10) - (l1 - b1)) / 9
     per_iter = (l1 - b1) - per_event
     print(f"  EventLoop extra: {per_event:.0f} ns per event + {per_iter:.0f} ns per iteration")
+
+
+# ---------------------------------------------------------------------------
+# 3b. echo model: the benchmark servers' whole Python path, without the kernel
+
+ECHO_SERVERS = ROOT / "bench" / "echo" / "servers"
+_MSG = b"x" * 1024
+
+
+def _load_server(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_echo_{name}", ECHO_SERVERS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _echo_floor(raw: list[tuple[int, int]], read: Any, write: Any, iterations: int) -> float:
+    """``bench/echo/servers/epoll_floor.py``'s event loop body, verbatim."""
+    pending: dict[int, bytes] = {}
+    lfd = -1
+    epollin, epollout = select.EPOLLIN, select.EPOLLOUT
+    errhup = select.EPOLLERR | select.EPOLLHUP
+
+    def poll() -> list[tuple[int, int]]:
+        return raw
+
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        for fd, ev in poll():
+            if fd == lfd:
+                continue
+            if ev & epollout and fd in pending:
+                pending.pop(fd)
+            if ev & epollin:
+                while True:
+                    try:
+                        data = read(fd, BUF)
+                    except BlockingIOError:
+                        break
+                    if not data:
+                        break
+                    if fd in pending:
+                        pending[fd] += data
+                    else:
+                        try:
+                            n = write(fd, data)
+                        except BlockingIOError:
+                            n = 0
+                        if n != len(data):
+                            pending[fd] = data[n:]
+                    if len(data) < BUF:
+                        break
+            elif ev & errhup:
+                break
+    return time.perf_counter() - t0
+
+
+def _echo_model_once(n_conns: int, iterations: int) -> tuple[float, float, float]:
+    """ns per event: the epoll floor, ``metalio_loop`` and ``metalio_poll``.
+
+    Real loopback streams are accepted and registered (real tables, real
+    ``TcpStream`` objects), but every poll returns the same *n_conns*
+    readable-and-writable events and the streams' ``os.read``/``os.write``
+    are C-level stand-ins (``dict.get`` returning a 1 KiB message / 1024), so
+    only the Python of each server runs: the loop's dispatch, the handler,
+    ``Slab.get``, the ``try_*`` frames.  The servers are the benchmark's own
+    files (``metalio_poll``'s event loop is cut out of ``serve``).  The
+    ``metalio_loop`` figure includes one ``tick`` call per iteration (how the
+    run stops).  On the real benchmark the gap to the floor is larger (the
+    kernel's work between events leaves the caches cold), but the ranking
+    of changes to the Python path is the same and runs here vary by a few
+    percent instead of the harness's ten.
+    """
+    import inspect
+
+    import metalio.net._common as common
+    from metalio import Events, Poll
+    from metalio.net import TcpListener
+
+    echo_loop = _load_server("metalio_loop")
+    echo_poll = _load_server("metalio_poll")
+    listener = TcpListener.bind(("127.0.0.1", 0))
+    clients: list[socket.socket] = []
+    streams: list[Any] = []
+    saved = common._read, common._write
+    try:
+        for _ in range(n_conns):
+            clients.append(socket.create_connection(listener.local_addr()))
+            while (accepted := listener.try_accept()) is None:
+                pass
+            streams.append(accepted[0])
+        fds = [s.fileno() for s in streams]
+        read = dict.fromkeys(fds, _MSG).get
+        write = dict.fromkeys(fds, len(_MSG)).get
+        mask = select.EPOLLIN | select.EPOLLOUT
+        raw = [(fd, mask) for fd in fds]
+        common._read, common._write = read, write  # type: ignore[assignment]
+
+        def fake_poll(timeout: float | None, maxevents: int) -> list[tuple[int, int]]:
+            return raw
+
+        # metalio_loop: the Echo handler on an EventLoop with the fake backend.
+        left = [0]
+
+        class Echo(echo_loop.Echo):  # type: ignore[misc, name-defined]
+            def tick(self, loop: EventLoop) -> None:
+                left[0] -= 1
+                if not left[0]:
+                    loop.shutdown()
+
+        def run_loop() -> float:
+            with EventLoop() as loop:
+                handler = Echo(listener)
+                for s in streams:
+                    token = handler.conns.insert(echo_loop.Conn(s))
+                    loop.register(s, token, Interest.READABLE | Interest.WRITABLE, PollOpt.EDGE)
+                hot = list(loop._hot)
+                hot[0] = fake_poll
+                loop._hot = tuple(hot)
+                left[0] = iterations
+                t0 = time.perf_counter()
+                loop.run(handler)
+                elapsed = time.perf_counter() - t0
+                for s in streams:
+                    loop.deregister(s)
+            return elapsed
+
+        # metalio_poll: serve()'s "for event in events" body, run over a Poll.
+        body = inspect.getsource(echo_poll.serve)
+        body = body[
+            body.index("                for event in events:") : body.index("        except _Stop:")
+        ]
+        code = "def hot(poll, events, conns, iterations, LISTENER, BUF):\n"
+        code += "    for _ in range(iterations):\n        poll.poll(events)\n"
+        code += "\n".join(line[8:] for line in body.splitlines()) + "\n"
+        namespace = dict(vars(echo_poll))
+        exec(compile(code, "<metalio_poll event loop>", "exec"), namespace)
+        hot_poll = namespace["hot"]
+
+        def run_poll() -> float:
+            with Poll() as poll:
+                conns = {}
+                for token, s in enumerate(streams, 1):
+                    conns[token] = echo_poll.Conn(s)
+                    poll.registry.register(
+                        s, token, Interest.READABLE | Interest.WRITABLE, PollOpt.EDGE
+                    )
+                poll._backend_poll = fake_poll
+                t0 = time.perf_counter()
+                hot_poll(poll, Events(1024), conns, iterations, 0, BUF)
+                elapsed = time.perf_counter() - t0
+                for s in streams:
+                    poll.registry.deregister(s)
+            return elapsed
+
+        best = [math.inf] * 3
+        for _ in range(7):
+            for i, run in enumerate(
+                (lambda: _echo_floor(raw, read, write, iterations), run_loop, run_poll)
+            ):
+                best[i] = min(best[i], run())
+        scale = 1e9 / (iterations * n_conns)
+        return best[0] * scale, best[1] * scale, best[2] * scale
+    finally:
+        common._read, common._write = saved  # type: ignore[assignment]
+        for sock in clients:
+            sock.close()
+        for stream in streams:
+            stream.close()
+        listener.close()
+
+
+def bench_echo_model() -> None:
+    print("\n== echo model: each echo server's Python per event, no kernel ==")
+    for n in (10, 100):
+        floor, lp, pl = _echo_model_once(n, 200_000 // n)
+        print(
+            f"  {n:3d} events/poll: epoll_floor {floor:4.0f} ns, metalio_loop {lp:4.0f} ns "
+            f"(+{lp - floor:.0f}), metalio_poll {pl:4.0f} ns (+{pl - floor:.0f})"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -810,7 +1000,7 @@ def bench_dispatch(reps: int, seconds: float, servers: tuple[str, ...] = SERVERS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="EventLoop benchmarks")
-    parser.add_argument("--only", default="notify,timers,model,dispatch")
+    parser.add_argument("--only", default="notify,timers,model,echo-model,dispatch")
     parser.add_argument("--servers", default=",".join(SERVERS), help="dispatch servers")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (interleaved)")
     parser.add_argument("--seconds", type=float, default=3.0, help="dispatch window")
@@ -831,6 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_timers(args.reps)
     if "model" in only:
         bench_model()
+    if "echo-model" in only:
+        bench_echo_model()
     if "dispatch" in only:
         servers = tuple(x for x in args.servers.split(",") if x)
         unknown = set(servers) - set(SERVERS)
