@@ -179,13 +179,13 @@ def bench_dispatch(calls: int, repeats: int) -> dict[str, float]:
     """The wrappers' own Python cost, with the system call swapped for a no-op builtin.
 
     Real loopback round trips vary by more than the wrapper costs on a busy
-    machine; replacing ``os.write``/``os.readv`` (in ``metalio.net._common``,
+    machine; replacing ``os.write``/``os.readv`` (in ``metalio._fdio``,
     where the wrappers look them up) with ``operator.is_not`` -- a two-argument C
     function returning a truthy value -- leaves exactly the layer metalio adds.
     """
     import operator
 
-    from metalio.net import _common
+    from metalio import _fdio as _common  # where the stream try_* calls live
 
     nop = operator.is_not
     a, b = UnixStream.pair()

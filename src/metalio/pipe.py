@@ -42,16 +42,14 @@ import sys
 import warnings
 from typing import Any, Final, TypeVar
 
-from ._source import READ_LIMIT, RearmHook
+from ._fdio import fd_try_read, fd_try_read_into, fd_try_write
+from ._source import RearmHook
 
 __all__ = ["PipeReader", "PipeWriter", "pipe"]
 
 if sys.platform == "win32":  # pragma: no cover
     raise ImportError("metalio.pipe needs POSIX pipes (os.readv, os.writev, O_NONBLOCK)")
 
-_read = os.read
-_readv = os.readv
-_write = os.write
 _writev = os.writev
 
 
@@ -136,45 +134,8 @@ class PipeReader(_PipeEnd):
 
     __slots__ = ()
 
-    def try_read(self, n: int = 65536) -> bytes | None:
-        """Read at most *n* bytes: data, ``b""`` at end of stream, ``None`` if none yet.
-
-        :raises ValueError: *n* < 1.
-        :raises OSError: ``EBADF`` once closed, or another real failure.
-        """
-        if not 0 < n <= READ_LIMIT:
-            if n < 1:
-                raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
-            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
-        try:
-            return _read(self._fd, n)
-        except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(1)
-            return None
-
-    def try_read_into(self, buffer: Any) -> int | None:
-        """Read into the writable *buffer*: bytes read, ``0`` at end of stream, ``None`` if none.
-
-        :raises ValueError: *buffer* is empty.
-        :raises TypeError: *buffer* is not a writable bytes-like object.
-        :raises OSError: ``EBADF`` once closed, or another real failure.
-        """
-        try:
-            got = _readv(self._fd, (buffer,))
-        except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(1)
-            return None
-        except BufferError:
-            raise TypeError("try_read_into needs a writable buffer") from None
-        if got:
-            return got
-        if len(memoryview(buffer)) == 0:
-            raise ValueError("try_read_into needs a non-empty buffer (0 would mean end of stream)")
-        return 0
+    try_read = fd_try_read
+    try_read_into = fd_try_read_into
 
 
 class PipeWriter(_PipeEnd):
@@ -182,19 +143,7 @@ class PipeWriter(_PipeEnd):
 
     __slots__ = ()
 
-    def try_write(self, data: Any) -> int | None:
-        """Write some of *data*: the number of bytes taken, or ``None`` if the pipe is full.
-
-        :raises BrokenPipeError: every read end is closed.
-        :raises OSError: ``EBADF`` once closed, or another real failure.
-        """
-        try:
-            return _write(self._fd, data)
-        except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(2)
-            return None
+    try_write = fd_try_write
 
     def try_writev(self, buffers: Any) -> int | None:
         """Gather-write a sequence of bytes-like objects in one ``writev`` call.

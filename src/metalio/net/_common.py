@@ -22,6 +22,7 @@ import socket
 import sys
 from typing import Any, ClassVar, Final, TypeAlias, TypeVar
 
+from .._fdio import fd_try_read, fd_try_read_into, fd_try_write
 from .._source import READ_LIMIT, RearmHook
 
 __all__ = [
@@ -218,10 +219,7 @@ _Socket: TypeAlias = socket.socket
 
 # Module-level aliases: one cached global load on the hot path instead of
 # ``os`` + attribute.
-_read = os.read
-_write = os.write
 if sys.platform != "win32":
-    _readv = os.readv
     _writev = os.writev
 _MSG_PEEK: Final = socket.MSG_PEEK
 _SHUT_HOWS: Final = frozenset({socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR})
@@ -326,58 +324,9 @@ class StreamSource(SocketSource):
     __slots__ = ()
 
     if sys.platform != "win32":  # POSIX_IO, spelled so that mypy follows it
-
-        def try_read(self, n: int = 65536) -> bytes | None:
-            """Read at most *n* bytes: data, ``b""`` at end of stream, ``None`` if none yet.
-
-            :raises ValueError: *n* < 1.
-            :raises OSError: a real failure (``ConnectionResetError``, ``EBADF``
-                once closed, ...).
-            """
-            if not 0 < n <= READ_LIMIT:
-                if n < 1:
-                    raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
-                n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
-            try:
-                return _read(self._fd, n)
-            except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(1)
-                return None
-
-        def try_read_into(self, buffer: Any) -> int | None:
-            """Read into the writable *buffer* (no copy): bytes read, ``0`` at end of stream,
-            ``None`` if nothing yet.
-
-            :raises ValueError: *buffer* is empty.
-            :raises TypeError: *buffer* is not a writable bytes-like object.
-            :raises OSError: a real failure.
-            """
-            try:
-                got = _readv(self._fd, (buffer,))
-            except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(1)
-                return None
-            except BufferError:
-                raise TypeError("try_read_into needs a writable buffer") from None
-            return got or _empty_read(buffer)
-
-        def try_write(self, data: Any) -> int | None:
-            """Write some of *data*: the number of bytes taken (maybe fewer), ``None`` if none.
-
-            :raises OSError: a real failure (``BrokenPipeError``,
-                ``ConnectionResetError``, ``EBADF`` once closed, ...).
-            """
-            try:
-                return _write(self._fd, data)
-            except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(2)
-                return None
+        try_read = fd_try_read
+        try_read_into = fd_try_read_into
+        try_write = fd_try_write
 
         def try_writev(self, buffers: Any) -> int | None:
             """Gather-write a sequence of bytes-like objects in one ``writev(2)`` call.
