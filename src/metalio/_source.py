@@ -35,7 +35,7 @@ RearmHook: TypeAlias = Callable[[int], None]
 
 
 def fd_of(source: object) -> int:
-    """Return the descriptor number of *source*, which may be closed (``-1``).
+    """Return the descriptor number of *source*; ``-1`` when it is closed.
 
     :raises TypeError: *source* is neither an ``int`` nor has a ``fileno()``
         method returning an ``int``.
@@ -49,7 +49,11 @@ def fd_of(source: object) -> int:
     fileno = getattr(source, "fileno", None)
     if fileno is None or not callable(fileno):
         raise TypeError(f"{type(source).__name__} object has no fileno() method")
-    fd = fileno()
+    try:
+        fd = fileno()
+    except ValueError:
+        # Closed file objects raise instead of returning -1.
+        return -1
     if isinstance(fd, bool) or not isinstance(fd, int):
         raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
     return int(fd)

@@ -95,8 +95,9 @@ from typing import TYPE_CHECKING, Any, Final
 from ._backends import MAX_TIMEOUT
 from ._events import MAX_CAPACITY as MAX_EVENTS_CAPACITY
 from ._flags import READY_VALUES, PollOpt, Ready
+from ._source import fd_of as _fd_of
 from .channel import NOTIFY_TOKEN, Sender, _new_sender, _Notify
-from .poll import Poll, Registry, _fd_of, _Registration
+from .poll import Poll, Registry, _Registration
 from .timer import Timeout, Timer
 
 if TYPE_CHECKING:

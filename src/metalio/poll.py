@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final
 from ._backends import MAX_TIMEOUT, Backend, open_backend
 from ._events import Event, Events
 from ._flags import READY_VALUES, PollOpt, Ready, check_interest, check_opts, check_token
+from ._source import fd_of as _fd_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -85,30 +86,6 @@ class _ReadyTable(dict[int, Ready]):
         ready = READY_VALUES[self._translate(mask, self._interest)]
         self[mask] = ready
         return ready
-
-
-def _fd_of(source: object) -> int:
-    """The descriptor of *source*; ``-1`` when it is closed.
-
-    :raises TypeError: not an ``int`` and no ``fileno()`` returning one.
-    """
-    if type(source) is int:
-        return source
-    if isinstance(source, bool):
-        raise TypeError("a bool is not a file descriptor")
-    if isinstance(source, int):
-        return int(source)
-    fileno = getattr(source, "fileno", None)
-    if fileno is None or not callable(fileno):
-        raise TypeError(f"{type(source).__name__} object has no fileno() method")
-    try:
-        fd = fileno()
-    except ValueError:
-        # Closed file objects raise instead of returning -1.
-        return -1
-    if isinstance(fd, bool) or not isinstance(fd, int):
-        raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
-    return int(fd)
 
 
 def _fd_or_closed(source: object) -> int:
