@@ -21,8 +21,13 @@ import pytest
 from metalio import Events, Interest, Poll, PollOpt, Ready
 from metalio.net import TcpListener, TcpStream
 from metalio.net._common import IOV_MAX
+from net_helpers import (
+    needs_procfs,
+    net_poll,  # noqa: F401 (the per-backend ``poll`` fixture)
+    no_events,
+    wait_for,
+)
 
-BACKENDS = ("epoll", "poll", "select")
 R, W = Interest.READABLE, Interest.WRITABLE
 LOCAL4 = ("127.0.0.1", 0)
 LOCAL6 = ("::1", 0)
@@ -40,40 +45,10 @@ def _ipv6_ok() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not _ipv6_ok(), reason="no IPv6 loopback")
-needs_procfs = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(params=BACKENDS)
-def poll(request: pytest.FixtureRequest) -> Iterator[Poll]:
-    try:
-        p = Poll(backend=request.param)
-    except ValueError as exc:
-        pytest.skip(f"backend {request.param!r} not available: {exc}")
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def wait_for(poll: Poll, want: dict[int, int], timeout: float = 3.0) -> dict[int, Ready]:
-    """Poll until each token in *want* has shown all its flags (ORed over events)."""
-    events = Events(64)
-    seen: dict[int, Ready] = {}
-    deadline = time.monotonic() + timeout
-    for _ in range(1000):
-        if all(seen.get(t, 0) & f == f for t, f in want.items()):
-            return seen
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        poll.poll(events, min(left, 0.5))
-        for ev in events:
-            seen[ev.token] = seen.get(ev.token, Ready(0)) | ev.readiness
-    raise AssertionError(f"wanted {want}, saw {seen}")
 
 
 def wait_any(poll: Poll, token: int, timeout: float = 3.0) -> Ready:
@@ -92,12 +67,6 @@ def wait_any(poll: Poll, token: int, timeout: float = 3.0) -> Ready:
         if got:
             return got
     raise AssertionError(f"no event for token {token}")
-
-
-def no_events(poll: Poll, timeout: float = 0.05) -> None:
-    events = Events(64)
-    poll.poll(events, timeout)
-    assert list(events) == []
 
 
 def free_port() -> int:

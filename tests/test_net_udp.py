@@ -12,10 +12,15 @@ from typing import Any
 
 import pytest
 
-from metalio import Events, Interest, Poll, PollOpt, Ready
+from metalio import Interest, Poll, PollOpt, Ready
 from metalio.net import UdpSocket
+from net_helpers import (
+    needs_procfs,
+    net_poll,  # noqa: F401 (the per-backend ``poll`` fixture)
+    no_events,
+    wait_for,
+)
 
-BACKENDS = ("epoll", "poll", "select")
 R, W = Interest.READABLE, Interest.WRITABLE
 LOCAL4 = ("127.0.0.1", 0)
 
@@ -32,41 +37,6 @@ def _ipv6_ok() -> bool:
 
 
 needs_ipv6 = pytest.mark.skipif(not _ipv6_ok(), reason="no IPv6 loopback")
-needs_procfs = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-
-
-@pytest.fixture(params=BACKENDS)
-def poll(request: pytest.FixtureRequest) -> Iterator[Poll]:
-    try:
-        p = Poll(backend=request.param)
-    except ValueError as exc:
-        pytest.skip(f"backend {request.param!r} not available: {exc}")
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def wait_for(poll: Poll, want: dict[int, int], timeout: float = 3.0) -> dict[int, Ready]:
-    events = Events(64)
-    seen: dict[int, Ready] = {}
-    deadline = time.monotonic() + timeout
-    for _ in range(1000):
-        if all(seen.get(t, 0) & f == f for t, f in want.items()):
-            return seen
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        poll.poll(events, min(left, 0.5))
-        for ev in events:
-            seen[ev.token] = seen.get(ev.token, Ready(0)) | ev.readiness
-    raise AssertionError(f"wanted {want}, saw {seen}")
-
-
-def no_events(poll: Poll, timeout: float = 0.05) -> None:
-    events = Events(64)
-    poll.poll(events, timeout)
-    assert list(events) == []
 
 
 def recv_soon(sock: UdpSocket, n: int = 65536) -> tuple[bytes, Any]:

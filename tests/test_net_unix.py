@@ -17,26 +17,18 @@ import pytest
 
 from metalio import Events, Interest, Poll, PollOpt, Ready
 from metalio.net import UnixDatagram, UnixListener, UnixStream
+from net_helpers import (
+    needs_procfs,
+    net_poll,  # noqa: F401 (the per-backend ``poll`` fixture)
+    no_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no AF_UNIX")
 
-BACKENDS = ("epoll", "poll", "select")
 R, W = Interest.READABLE, Interest.WRITABLE
 LINUX = sys.platform.startswith("linux")
 linux_only = pytest.mark.skipif(not LINUX, reason="abstract names are Linux-only")
-needs_procfs = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-
-
-@pytest.fixture(params=BACKENDS)
-def poll(request: pytest.FixtureRequest) -> Iterator[Poll]:
-    try:
-        p = Poll(backend=request.param)
-    except ValueError as exc:
-        pytest.skip(f"backend {request.param!r} not available: {exc}")
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture
@@ -51,28 +43,6 @@ def sockdir() -> Iterator[Path]:
 
 def abstract_name() -> str:
     return f"\0metalio-test-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-
-
-def wait_for(poll: Poll, want: dict[int, int], timeout: float = 3.0) -> dict[int, Ready]:
-    events = Events(64)
-    seen: dict[int, Ready] = {}
-    deadline = time.monotonic() + timeout
-    for _ in range(1000):
-        if all(seen.get(t, 0) & f == f for t, f in want.items()):
-            return seen
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        poll.poll(events, min(left, 0.5))
-        for ev in events:
-            seen[ev.token] = seen.get(ev.token, Ready(0)) | ev.readiness
-    raise AssertionError(f"wanted {want}, saw {seen}")
-
-
-def no_events(poll: Poll, timeout: float = 0.05) -> None:
-    events = Events(64)
-    poll.poll(events, timeout)
-    assert list(events) == []
 
 
 def accept_one(listener: UnixListener) -> UnixStream:

@@ -13,24 +13,16 @@ import pytest
 
 from metalio import Events, Interest, Poll, PollOpt, Ready
 from metalio.pipe import PipeReader, PipeWriter, pipe
+from net_helpers import (
+    needs_procfs,
+    net_poll,  # noqa: F401 (the per-backend ``poll`` fixture)
+    no_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX pipes")
 
-BACKENDS = ("epoll", "poll", "select")
 R, W = Interest.READABLE, Interest.WRITABLE
-needs_procfs = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
-
-
-@pytest.fixture(params=BACKENDS)
-def poll(request: pytest.FixtureRequest) -> Iterator[Poll]:
-    try:
-        p = Poll(backend=request.param)
-    except ValueError as exc:
-        pytest.skip(f"backend {request.param!r} not available: {exc}")
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture
@@ -41,22 +33,6 @@ def ends() -> Iterator[tuple[PipeReader, PipeWriter]]:
     finally:
         r.close()
         w.close()
-
-
-def wait_for(poll: Poll, want: dict[int, int], timeout: float = 3.0) -> dict[int, Ready]:
-    events = Events(64)
-    seen: dict[int, Ready] = {}
-    deadline = time.monotonic() + timeout
-    for _ in range(1000):
-        if all(seen.get(t, 0) & f == f for t, f in want.items()):
-            return seen
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        poll.poll(events, min(left, 0.5))
-        for ev in events:
-            seen[ev.token] = seen.get(ev.token, Ready(0)) | ev.readiness
-    raise AssertionError(f"wanted {want}, saw {seen}")
 
 
 def collect(poll: Poll, timeout: float) -> list[tuple[int, Ready]]:
@@ -71,12 +47,6 @@ def collect(poll: Poll, timeout: float) -> list[tuple[int, Ready]]:
         poll.poll(events, min(left, 0.1))
         out.extend((ev.token, ev.readiness) for ev in events)
     return out
-
-
-def no_events(poll: Poll, timeout: float = 0.05) -> None:
-    events = Events(64)
-    poll.poll(events, timeout)
-    assert list(events) == []
 
 
 def fill(w: PipeWriter) -> int:
