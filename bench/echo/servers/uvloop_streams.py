@@ -1,67 +1,16 @@
-"""Echo server on uvloop streams: ``asyncio_streams.py`` run on uvloop.
+"""Echo server on uvloop streams: ``asyncio_streams.py`` unchanged, run on uvloop.
 
-The same code as ``asyncio_streams.py`` (``start_server``, ``read`` /
-``write`` / ``drain`` per connection) on uvloop's event loop. Exits with status
-3 before printing "ready" when uvloop is not importable, so the runner reports
-it as skipped.
-
-Usage: python uvloop_streams.py PORT   (binds 127.0.0.1:PORT, prints "ready",
-echoes until SIGTERM/SIGINT, exits 0)
+See ``_on_uvloop.py``.  Usage: python uvloop_streams.py PORT   (binds
+127.0.0.1:PORT, prints "ready", echoes until SIGTERM/SIGINT, exits 0; exits 3
+when uvloop is not importable)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 import sys
 
-BUF = 65536
-
-
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            data = await reader.read(BUF)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
-async def serve(port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
-    print("ready", flush=True)
-    await stop
-    server.close()
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or not argv[1].isdigit():
-        print(f"usage: {argv[0]} PORT", file=sys.stderr)
-        return 2
-    try:
-        import uvloop
-    except ImportError as exc:
-        print(f"uvloop is not importable: {exc}", file=sys.stderr)
-        return 3
-    if hasattr(uvloop, "run"):  # uvloop >= 0.18
-        uvloop.run(serve(int(argv[1])))
-    else:
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        asyncio.run(serve(int(argv[1])))
-    return 0
-
+from _on_uvloop import run_on_uvloop
+from asyncio_streams import serve
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(run_on_uvloop(serve, sys.argv))
