@@ -21,8 +21,8 @@ One iteration
    reads the backend's raw ``(fd, native_mask)`` pairs and the registry's
    token table directly: per event one dict lookup for the registration and
    one for its ``Ready`` value, no ``Event`` object.  Merging is needed only
-   when two descriptors share a token; the loop keeps a count of tokens per
-   registration (``_TokenTracker``) and takes the merging path only while
+   when two descriptors share a token; the loop has its registry count the
+   registrations per token (``Registry._count_tokens``) and takes the merging path only while
    some token is shared (or on a backend that may report one descriptor
    twice).  Internal descriptors (the awakener, the signal socket) carry
    negative tokens and never reach the handler.
@@ -85,7 +85,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,9 +94,8 @@ from typing import TYPE_CHECKING, Any, Final
 from ._backends import MAX_TIMEOUT
 from ._events import MAX_CAPACITY as MAX_EVENTS_CAPACITY
 from ._flags import READY_VALUES, PollOpt, Ready
-from ._source import fd_of as _fd_of
 from .channel import NOTIFY_TOKEN, Sender, _new_sender, _Notify
-from .poll import Poll, Registry, _Registration
+from .poll import Poll, Registry
 from .timer import Timeout, Timer
 
 if TYPE_CHECKING:
@@ -322,139 +320,6 @@ class EventLoopConfig:
 
 
 # ---------------------------------------------------------------------------
-# Shared-token tracking
-
-
-class _TokenTracker:
-    """How many registrations use each token; ``shared`` holds those used twice or more."""
-
-    __slots__ = ("counts", "lock", "shared")
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.shared: set[int] = set()
-        self.lock = threading.Lock()
-
-    def account(
-        self, before: dict[int, _Registration | None], table: dict[int, _Registration]
-    ) -> None:
-        """Apply the change between *before* and the table for the fds in *before*."""
-        for fd, old in before.items():
-            new = table.get(fd)
-            if new is old:
-                continue
-            if old is not None:
-                self._dec(old.token)
-            if new is not None:
-                self._inc(new.token)
-
-    def expect(self, token: int) -> None:
-        """A registration under *token* is about to appear: flag it shared early.
-
-        The registry puts the row in the table before its kernel call, so a
-        polling thread may see it before ``account`` runs; flagging first keeps
-        "``shared`` covers every shared token" true at every instant (it may
-        briefly over-approximate, which only costs the merging path).
-        """
-        if token in self.counts:
-            self.shared.add(token)
-
-    def settle(self, token: int) -> None:
-        """Undo an ``expect`` that did not come true."""
-        if self.counts.get(token, 0) < 2:
-            self.shared.discard(token)
-
-    def _inc(self, token: int) -> None:
-        count = self.counts.get(token, 0) + 1
-        self.counts[token] = count
-        if count == 2:
-            self.shared.add(token)
-
-    def _dec(self, token: int) -> None:
-        count = self.counts.get(token, 1) - 1
-        if count > 0:
-            self.counts[token] = count
-        else:
-            self.counts.pop(token, None)
-        if count <= 1:
-            self.shared.discard(token)
-
-    def reset(self) -> None:
-        self.counts.clear()
-        self.shared.clear()
-
-
-_TRACKERS: weakref.WeakKeyDictionary[Registry, _TokenTracker] = weakref.WeakKeyDictionary()
-
-
-class _LoopRegistry(Registry):
-    """The Registry of a loop's Poll: the same object, plus token accounting.
-
-    An ``EventLoop`` switches its Poll's registry to this class (same layout),
-    so every path that changes the token table, ``loop.register``,
-    ``loop.registry.register``, a ``Waker``, is counted.  The overrides wrap
-    the methods that write ``_table`` and compare the affected rows before
-    and after; ``tests/test_loop.py`` checks the counts against a recount of
-    the table, so a new table-writing method in ``Registry`` is noticed.
-    """
-
-    __slots__ = ()
-
-    def _rows(self, source: object) -> dict[int, _Registration | None]:
-        try:
-            fd = _fd_of(source)
-        except (TypeError, ValueError):
-            return {}
-        table = self._table
-        if fd >= 0:
-            return {fd: table.get(fd)}
-        # A closed source: deregister finds it by identity.
-        return {f: reg for f, reg in list(table.items()) if reg.source is source}
-
-    def _register(self, source: Source, token: int, interest: int, opts: int) -> None:
-        tracker = _TRACKERS[self]
-        with tracker.lock:
-            before = self._rows(source)
-            tracker.expect(token)
-            try:
-                super()._register(source, token, interest, opts)
-            finally:
-                tracker.account(before, self._table)
-                tracker.settle(token)
-
-    def reregister(
-        self, source: Source, token: int, interest: int, opts: int = PollOpt.LEVEL
-    ) -> None:
-        tracker = _TRACKERS[self]
-        with tracker.lock:
-            before = self._rows(source)
-            if isinstance(token, int):
-                tracker.expect(token)
-            try:
-                super().reregister(source, token, interest, opts)
-            finally:
-                tracker.account(before, self._table)
-                if isinstance(token, int):
-                    tracker.settle(token)
-
-    def deregister(self, source: Source) -> None:
-        tracker = _TRACKERS[self]
-        with tracker.lock:
-            before = self._rows(source)
-            try:
-                super().deregister(source)
-            finally:
-                tracker.account(before, self._table)
-
-    def _close(self) -> None:
-        tracker = _TRACKERS.get(self)
-        super()._close()
-        if tracker is not None:
-            with tracker.lock:
-                tracker.reset()
-
-
-# ---------------------------------------------------------------------------
 # EventLoop
 
 
@@ -512,12 +377,10 @@ class EventLoop:
         poll = Poll(config.backend)
         try:
             registry = poll.registry
-            tracker = _TokenTracker()
-            _TRACKERS[registry] = tracker
-            registry.__class__ = _LoopRegistry
+            # Per-token counts let the dispatch merge readiness per token only
+            # while some token is actually shared (see Registry._write).
+            tracker = registry._count_tokens()
             _complete_tables(registry)
-            # Count what the Poll may have registered already (nothing today).
-            tracker.account(dict.fromkeys(registry._table), registry._table)
             self._notify = _Notify(registry, config.notify_capacity)
         except BaseException:
             poll.close()

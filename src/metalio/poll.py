@@ -72,6 +72,44 @@ class _Registration:
         self.xlate = xlate
 
 
+class _TokenCounts:
+    """How many registrations use each token; ``shared`` holds those used twice or more.
+
+    Kept by a Registry that was asked to (``Registry._count_tokens``: the
+    EventLoop does, to merge readiness per token only while some token is
+    shared).  Updated under the registry's lock at its one table-writing
+    point, ``_write``: a new row's token is counted before the row appears and
+    the old row's after it is gone, so a polling thread that reads ``shared``
+    without the lock never misses a shared token (it may briefly see one too
+    many, which only costs the merging path).
+    """
+
+    __slots__ = ("counts", "shared")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.shared: set[int] = set()
+
+    def inc(self, token: int) -> None:
+        count = self.counts.get(token, 0) + 1
+        self.counts[token] = count
+        if count == 2:
+            self.shared.add(token)
+
+    def dec(self, token: int) -> None:
+        count = self.counts.get(token, 1) - 1
+        if count > 0:
+            self.counts[token] = count
+        else:
+            self.counts.pop(token, None)
+        if count <= 1:
+            self.shared.discard(token)
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.shared.clear()
+
+
 class _ReadyTable(dict[int, Ready]):
     """native mask -> ``Ready`` for one interest; filled on first sight of a mask."""
 
@@ -110,13 +148,14 @@ class Registry:
     Obtain it as ``poll.registry``; it cannot be created on its own.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_closed", "_lock", "_table", "_xlate")
+    __slots__ = ("__weakref__", "_backend", "_closed", "_counts", "_lock", "_table", "_xlate")
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._table: dict[int, _Registration] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._counts: _TokenCounts | None = None
         self._xlate = tuple(_ReadyTable(i, backend.readiness) for i in range(8))
 
     # -- the three public operations ---------------------------------------
@@ -164,20 +203,20 @@ class Registry:
             # registration's events until the refusal: ask the kernel first.
             row_first = old is None or _fd_or_closed(old.source) != fd
             if row_first:
-                table[fd] = row
+                self._write(fd, row)
             try:
                 self._backend.register(fd, interest, opts)
             except BaseException as exc:
                 if row_first:
                     if old is None:
-                        del table[fd]
+                        self._write(fd, None)
                     else:
-                        table[fd] = old
+                        self._write(fd, old)
                 if isinstance(exc, FileExistsError):
                     raise FileExistsError(errno.EEXIST, f"fd {fd} is already registered") from None
                 raise
             if not row_first:
-                table[fd] = row
+                self._write(fd, row)
             # Success with a record present means the record was stale.
             if old is not None:
                 _set_hook(old.source, None)
@@ -209,18 +248,16 @@ class Registry:
                 raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered")
             # New row first, as in register(): the re-armed event may reach a
             # polling thread before the kernel call returns.
-            self._table[fd] = _Registration(
-                old.source, token, interest, opts, self._xlate[interest]
-            )
+            self._write(fd, _Registration(old.source, token, interest, opts, self._xlate[interest]))
             try:
                 self._backend.reregister(fd, interest, opts)
             except FileNotFoundError:
                 # The backend no longer knows fd: our record is stale.
-                self._table[fd] = old
+                self._write(fd, old)
                 self._drop(fd, old)
                 raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered") from None
             except BaseException:
-                self._table[fd] = old
+                self._write(fd, old)
                 raise
             self._hook(old.source, fd, opts)
 
@@ -264,13 +301,41 @@ class Registry:
 
     # -- internals ---------------------------------------------------------
 
+    def _write(self, fd: int, row: _Registration | None) -> None:
+        """Put *row* (``None``: nothing) at *fd*: every table change goes here.
+
+        Called with the lock held.  With token counting on, the new token is
+        counted before its row appears and the old one after it is gone.
+        """
+        table = self._table
+        old = table.get(fd)
+        counts = self._counts
+        if counts is not None and row is not None:
+            counts.inc(row.token)
+        if row is None:
+            table.pop(fd, None)
+        else:
+            table[fd] = row
+        if counts is not None and old is not None:
+            counts.dec(old.token)
+
+    def _count_tokens(self) -> _TokenCounts:
+        """Turn on per-token counting (idempotent) and return the counts."""
+        with self._lock:
+            if self._counts is None:
+                counts = _TokenCounts()
+                for row in self._table.values():
+                    counts.inc(row.token)
+                self._counts = counts
+            return self._counts
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("I/O operation on a closed Poll")
 
     def _drop(self, fd: int, reg: _Registration) -> None:
         if self._table.get(fd) is reg:
-            del self._table[fd]
+            self._write(fd, None)
         _set_hook(reg.source, None)
 
     def _hook(self, source: object, fd: int, opts: int) -> None:
@@ -285,6 +350,8 @@ class Registry:
             for reg in self._table.values():
                 _set_hook(reg.source, None)
             self._table.clear()
+            if self._counts is not None:
+                self._counts.reset()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._table)} registered"
