@@ -422,7 +422,7 @@ def _echo_model_once(n_conns: int, iterations: int) -> tuple[float, float, float
     """
     import inspect
 
-    import metalio.net._common as common
+    import metalio._fdio as fdio
     from metalio import Events, Poll
     from metalio.net import TcpListener
 
@@ -431,7 +431,7 @@ def _echo_model_once(n_conns: int, iterations: int) -> tuple[float, float, float
     listener = TcpListener.bind(("127.0.0.1", 0))
     clients: list[socket.socket] = []
     streams: list[Any] = []
-    saved = common._read, common._write
+    saved = fdio._read, fdio._write
     try:
         for _ in range(n_conns):
             clients.append(socket.create_connection(listener.local_addr()))
@@ -443,7 +443,7 @@ def _echo_model_once(n_conns: int, iterations: int) -> tuple[float, float, float
         write = dict.fromkeys(fds, len(_MSG)).get
         mask = select.EPOLLIN | select.EPOLLOUT
         raw = [(fd, mask) for fd in fds]
-        common._read, common._write = read, write  # type: ignore[assignment]
+        fdio._read, fdio._write = read, write  # type: ignore[misc]
 
         def fake_poll(timeout: float | None, maxevents: int) -> list[tuple[int, int]]:
             return raw
@@ -511,7 +511,7 @@ def _echo_model_once(n_conns: int, iterations: int) -> tuple[float, float, float
         scale = 1e9 / (iterations * n_conns)
         return best[0] * scale, best[1] * scale, best[2] * scale
     finally:
-        common._read, common._write = saved  # type: ignore[assignment]
+        fdio._read, fdio._write = saved  # type: ignore[misc]
         for sock in clients:
             sock.close()
         for stream in streams:
