@@ -116,6 +116,40 @@ def test_fifo_exactly_once_from_four_threads(mode: str, backend: str) -> None:
         assert len(loop._notify.credits) == loop._notify.capacity  # every credit back
 
 
+class _EqualToEverything:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+class _EqRaises:
+    """Like a numpy array: comparing it with an arbitrary object raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_messages_are_never_compared() -> None:
+    # Regression: the loop used to pop with iter(popleft, sentinel), which
+    # compares each message with the sentinel through the message's __eq__:
+    # a message "equal to everything" ended the batch and was lost, one whose
+    # __eq__ raises was lost with the error, and both leaked their credit.
+    weird, boom = _EqualToEverything(), _EqRaises()
+    with make_loop(notify_capacity=8) as loop:
+        tx = loop.channel()
+        for msg in (weird, 1, boom, 2):
+            tx.send(msg)
+        h = Collect(4)
+        loop.run_once(h, timeout=0)
+        assert [m is weird for m in h.got] == [True, False, False, False]
+        assert [m is boom for m in h.got] == [False, False, True, False]
+        assert h.got[1] == 1 and h.got[3] == 2
+        assert len(loop._notify.credits) == 8  # every credit back
+
+
 def test_send_from_handler_arrives_next_iteration() -> None:
     """mio test_notify: 'First' from a thread, 'Second' sent by the handler."""
     with make_loop() as loop:

@@ -88,7 +88,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final
 
 from ._backends import MAX_TIMEOUT
@@ -158,8 +158,6 @@ def _complete_tables(registry: Registry) -> None:
 
 _INF: Final = math.inf
 
-# A sentinel no message can be: iter(popleft, _NEVER) never stops by itself.
-_NEVER: Final = object()
 
 # ---------------------------------------------------------------------------
 # Handler
@@ -723,10 +721,13 @@ class EventLoop:
                     give_back(repeat(None, k))
                 else:
                     # A message stops counting against notify_capacity when
-                    # its notify call starts: the credit goes back first.
-                    # (islice over iter(popleft, ...) pops in C, one message
-                    # per step and never ahead of the notify calls.)
-                    for msg in islice(iter(popleft, _NEVER), k):
+                    # its notify call starts: the credit goes back first.  A
+                    # plain pop per step: iter(popleft, sentinel) would
+                    # compare every message with the sentinel through the
+                    # message's own __eq__ (which may raise, or say "equal"
+                    # and end the batch with the message lost).
+                    for _ in repeat(None, k):
+                        msg = popleft()
                         give_credit(None)
                         notify(self, msg)
 
