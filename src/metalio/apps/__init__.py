@@ -71,6 +71,7 @@ import signal as signal_module
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 
 from metalio._flags import Interest, PollOpt
@@ -113,6 +114,10 @@ ACCEPT_BUDGET: Final = 256
 """Connections accepted per turn: a connect flood cannot starve the clients."""
 
 Buffer: TypeAlias = "bytes | memoryview"
+
+# os.write works on socket descriptors on POSIX only (Windows sockets are not
+# C runtime file descriptors).
+_POSIX: Final = os.name == "posix"
 
 _READ_EDGE: Final = int(PollOpt.EDGE)
 _READABLE: Final = int(Interest.READABLE)
@@ -248,15 +253,36 @@ class Conn:
     its socket, oldest first; the head may be a ``memoryview`` into a
     partly written chunk.  It exists only while the client is behind
     (``None`` otherwise): an empty ``deque`` costs about 760 bytes, several
-    times the rest of an idle connection's Python state.  ``queued`` is what the queue is charged against
-    the server's per-client limit.  ``writing`` says whether ``WRITABLE``
-    interest is registered (only while the queue is non-empty).
+    times the rest of an idle connection's Python state.  ``queued`` is what
+    the queue is charged against the server's per-client limit.  ``writing``
+    says whether ``WRITABLE`` interest is registered (only while the queue is
+    non-empty).
+
+    ``write(data)`` is the socket's raw write, for the broadcast's inner loop
+    (one call per client per chunk): ``os.write`` on the descriptor where
+    that works on sockets (POSIX), ``socket.send`` elsewhere.  It returns the
+    bytes taken and raises ``BlockingIOError`` when none are: unlike
+    ``stream.try_write`` it costs no Python frame, and it does not re-arm an
+    emulated edge (the caller's ``want_write`` does that).
     """
 
-    __slots__ = ("addr", "closed", "eof", "queue", "queued", "stream", "token", "writing")
+    __slots__ = (
+        "addr",
+        "closed",
+        "eof",
+        "queue",
+        "queued",
+        "stream",
+        "token",
+        "write",
+        "writing",
+    )
 
     def __init__(self, stream: TcpStream, addr: str, token: int) -> None:
         self.stream = stream
+        self.write: Callable[[Buffer], int] = (
+            partial(os.write, stream.fileno()) if _POSIX else stream.socket.send
+        )
         self.addr = addr
         self.token = token
         self.queue: deque[Buffer] | None = None

@@ -261,8 +261,11 @@ class BroadcastServer(TcpServer):
                         doomed = []
                     doomed.append((conn, self._over_limit(), logging.WARNING))
                 continue
+            # The hot path: the raw write, no Python frame (see Conn.write).
             try:
-                written = conn.stream.try_write(data)
+                written = conn.write(data)
+            except BlockingIOError:
+                written = 0
             except OSError as exc:
                 if doomed is None:
                     doomed = []
