@@ -122,7 +122,9 @@ def test_timeout_hash_collision(clock: ManualClock) -> None:
     t.set_timeout(0.1, "a")
     # Same slot one rotation (16 ticks) later.
     far = t.set_timeout(0.1 + 0.1 * 16, "b")
-    assert far.tick % t.wheel_size == 1 == (far.tick - 16)
+    far_deadline = t.deadline_of(far)
+    assert far_deadline is not None
+    assert t.tick_of(far) % t.wheel_size == 1 == (t.tick_of(far) - 16)
     assert t.expired(0.1) == ["a"]
     assert len(t) == 1
     assert t.expired(0.2) == []
@@ -131,7 +133,7 @@ def test_timeout_hash_collision(clock: ManualClock) -> None:
     assert len(t) == 1
     # 0.1 + 1.6 is 1.7000000000000002 in floats: 1.7 itself is still early.
     assert t.expired(1.7) == []
-    assert t.expired(far.deadline) == ["b"]
+    assert t.expired(far_deadline) == ["b"]
     assert len(t) == 0
 
 
@@ -173,7 +175,7 @@ def test_fires_exactly_at_its_deadline(origin: float, delay: float) -> None:
     clock.now = origin + 0.0004  # set off a tick boundary
     handle = t.set_timeout(delay, "x")
     deadline = clock.now + delay
-    assert handle.deadline == deadline
+    assert t.deadline_of(handle) == deadline
     before = math.nextafter(deadline, -math.inf)
     assert t.expired(before) == []
     assert t.next_deadline() == deadline
@@ -209,7 +211,8 @@ def test_expired_at_next_deadline_fires(delay: float) -> None:
     clock.now = 5.00071
     handle = t.set_timeout(delay, "x")
     nd = t.next_deadline()
-    assert nd == handle.deadline
+    assert nd is not None
+    assert nd == t.deadline_of(handle)
     assert t.expired(math.nextafter(nd, -math.inf)) == []
     assert t.expired(nd) == ["x"]
     assert t.next_deadline() is None
@@ -229,7 +232,7 @@ def test_current_tick_keeps_what_is_not_due(clock: ManualClock) -> None:
     b = t.set_timeout(2.8, "late")
     a = t.set_timeout(2.2, "early")
     # All three live in tick 3; at 2.6 only two of them are due.
-    assert {h.tick for h in (a, b, c)} == {3}
+    assert {Timer.tick_of(h) for h in (a, b, c)} == {3}
     assert t.expired(2.6) == ["early", "mid"]
     assert len(t) == 1
     assert t.next_deadline() == 2.8
@@ -246,10 +249,13 @@ def test_deadline_a_hair_past_the_end_of_a_far_rotation(clock: ManualClock, hair
     t = Timer(tick=1.0, wheel_size=4, clock=clock)
     h = t.set_timeout(7.0 + hair, "hair")
     t.set_timeout(6.5, "before")
-    assert h.tick == 7
+    assert t.tick_of(h) == 7
     assert t.expired(7.0) == ["before"]
-    assert t.expired(math.nextafter(h.deadline, 0.0)) == []
-    assert t.expired(h.deadline) == ["hair"]
+    deadline = t.deadline_of(h)
+    assert deadline == 7.0 + hair
+    assert t.expired(math.nextafter(deadline, 0.0)) == []
+    assert t.expired(deadline) == ["hair"]
+    assert t.deadline_of(h) is None
 
 
 def test_zero_delay_is_due_at_once(clock: ManualClock) -> None:
@@ -282,6 +288,36 @@ def test_equal_deadlines_keep_setting_order(clock: ManualClock) -> None:
     for i in range(20):
         t.set_timeout(3.25, i)
     assert t.expired(10.0) == list(range(20))
+
+
+def _tied_timer(clock: ManualClock) -> Timer:
+    """Ties whose payloads must not be compared: ints that sort the other way
+    round, and objects with no order at all (comparing them raises)."""
+    t = Timer(tick=0.5, wheel_size=2, clock=clock)  # one rotation = 1 s
+    for payload in (3, "s", Payload, 2, 1, None):
+        t.set_timeout(3.25, payload)  # tick 7, rotation 3: far when set
+    t.set_timeout(3.4, "later")  # the same tick, not due at 3.25
+    return t
+
+
+TIED = [3, "s", Payload, 2, 1, None]
+
+
+def test_ties_never_compare_payloads_straddling_now(clock: ManualClock) -> None:
+    t = _tied_timer(clock)
+    assert t.expired(3.25) == TIED  # the bucket straddles now: partial
+    assert t.expired(3.4) == ["later"]
+
+
+def test_ties_never_compare_payloads_in_a_whole_bucket(clock: ManualClock) -> None:
+    t = _tied_timer(clock)
+    assert t.next_deadline() == 3.25  # the rotation comes down to the near level
+    assert t.expired(5.0) == [*TIED, "later"]
+
+
+def test_ties_never_compare_payloads_in_a_whole_far_rotation(clock: ManualClock) -> None:
+    t = _tied_timer(clock)
+    assert t.expired(100.0) == [*TIED, "later"]
 
 
 def test_many_rotations_away_never_fire_early(clock: ManualClock) -> None:
@@ -332,7 +368,7 @@ def test_clock_stepping_back_before_the_origin(wheel_size: int) -> None:
     t = Timer(tick=0.5, wheel_size=wheel_size, clock=clock)
     clock.now = 40.0
     handles = [t.set_timeout(d, d) for d in (7.3, 0.0, 61.2, 2.25, 59.0)]
-    assert min(h.tick for h in handles) < 0
+    assert min(map(Timer.tick_of, handles)) < 0
     assert t.next_deadline() == 40.0
     assert t.expired(39.0) == []
     assert t.expired(42.25) == [0.0, 2.25]
@@ -422,9 +458,12 @@ def test_cancel_a_timeout_from_another_timer_is_false(clock: ManualClock) -> Non
     other = Timer(tick=0.1, clock=clock)
     ours = mine.set_timeout(1.0, "mine")
     theirs = other.set_timeout(1.0, "theirs")
-    assert ours.tick == theirs.tick
+    # Same tick, so the same bucket if the handles were not unique.
+    assert Timer.tick_of(ours) == Timer.tick_of(theirs)
+    assert ours != theirs
     assert mine.cancel(theirs) is False
     assert theirs not in mine
+    assert mine.deadline_of(theirs) is None
     assert len(mine) == 1 and len(other) == 1
     assert mine.expired(1.0) == ["mine"]
     assert other.expired(1.0) == ["theirs"]
@@ -432,13 +471,69 @@ def test_cancel_a_timeout_from_another_timer_is_false(clock: ManualClock) -> Non
 
 def test_cancel_rejects_non_timeouts(clock: ManualClock) -> None:
     t = Timer(clock=clock)
-    for bad in (None, 3, "timeout", object()):
+    h = t.set_timeout(1.0, "x")
+    bads: tuple[object, ...] = (None, 3.0, float(h), "timeout", object(), True, False, [h])
+    for bad in bads:
         with pytest.raises(TypeError, match="expected a Timeout"):
             t.cancel(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="expected a Timeout"):
+            t.deadline_of(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="expected a Timeout"):
+            Timer.tick_of(bad)  # type: ignore[arg-type]
         assert bad not in t
-    assert t.cancel(Timeout()) is False
-    assert Timeout() not in t
-    assert repr(Timeout()) == "<Timeout (unset)>"
+    assert h in t and len(t) == 1
+
+
+def test_cancel_of_an_int_that_is_no_pending_handle(clock: ManualClock) -> None:
+    t = Timer(tick=0.1, clock=clock)
+    first = t.set_timeout(1.0, "a")
+    h = t.set_timeout(1.0, "b")
+    assert isinstance(h, Timeout) and type(h) is int
+    # Serial 0 in h's own bucket, ints nowhere near a handle, and Timeout()
+    # (0), which no set_timeout returns: none is pending.
+    same_bucket = Timer.tick_of(h) << 64
+    for unknown in (Timeout(), 0, 1, -1, 2**200, -(2**200), same_bucket, h + 2**64):
+        assert unknown not in t
+        assert t.deadline_of(unknown) is None
+        assert t.cancel(unknown) is False
+    assert len(t) == 2 and first in t and h in t
+    assert t.expired(1.0) == ["a", "b"]
+
+
+def test_handles_are_plain_ints_the_gc_does_not_track(clock: ManualClock) -> None:
+    t = Timer(tick=0.01, wheel_size=4, clock=clock)
+    handles = [t.set_timeout(d, Payload()) for d in (0.0, 0.015, 7.5, 1e6)]
+    assert len(set(handles)) == len(handles)
+    for h in handles:
+        assert type(h) is int
+        assert not gc.is_tracked(h)
+    assert not gc.is_tracked(Timer.tick_of(handles[-1]))
+
+
+def test_handles_are_unique_across_timers_and_threads(clock: ManualClock) -> None:
+    import threading
+
+    timers = [Timer(tick=1.0, clock=clock) for _ in range(4)]
+    got: list[list[int]] = [[] for _ in timers]
+
+    def fill(i: int) -> None:
+        for _ in range(2000):
+            got[i].append(timers[i].set_timeout(0.5, i))
+
+    threads = [threading.Thread(target=fill, args=(i,)) for i in range(len(timers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [h for hs in got for h in hs]
+    # One tick for all of them: only the serials tell them apart.
+    assert {Timer.tick_of(h) for h in every} == {1}
+    assert len(set(every)) == len(every) == 8000
+    for i, timer in enumerate(timers):
+        other = got[(i + 1) % len(timers)]
+        assert not any(h in timer for h in other[:50])
+        assert timer.cancel(other[0]) is False
+        assert len(timer) == 2000
 
 
 def test_cancel_and_expiry_release_the_payload(clock: ManualClock) -> None:
@@ -452,10 +547,12 @@ def test_cancel_and_expiry_release_the_payload(clock: ManualClock) -> None:
     gc.collect()
     assert r1() is None  # cancelled: gone although the handle is alive
     assert r2() is not None
+    assert t.deadline_of(h1) is None
+    assert t.deadline_of(h2) == 1.0
     assert len(t.expired(1.0)) == 1
     gc.collect()
     assert r2() is None
-    assert h1.deadline == h2.deadline == 1.0
+    assert Timer.tick_of(h1) == Timer.tick_of(h2) == 10
 
 
 def test_cancelled_entries_leave_nothing_behind(clock: ManualClock) -> None:
@@ -622,8 +719,7 @@ def test_reprs_and_properties(clock: ManualClock) -> None:
     t = Timer(tick=0.5, wheel_size=3, capacity=7, clock=clock)
     h = t.set_timeout(1.25, "x")
     assert (t.tick, t.wheel_size, t.capacity, t.clock) == (0.5, 4, 7, clock)
-    assert h.deadline == 1.25 and h.tick == 3
-    assert repr(h) == "<Timeout deadline=1.25 tick=3>"
+    assert t.deadline_of(h) == 1.25 and t.tick_of(h) == 3 == Timer.tick_of(h)
     assert repr(t) == "<Timer pending=1 tick=0.5 wheel_size=4 capacity=7>"
     assert len(t) == 1 and bool(t)
     t.clear()
@@ -686,7 +782,8 @@ class TimerMachine(RuleBasedStateMachine):
         self.seq += 1
         handle = self.timer.set_timeout(delay, self.seq)
         deadline = self.clock.now + delay
-        assert handle.deadline == deadline
+        assert self.timer.deadline_of(handle) == deadline
+        assert self.timer._last == deadline  # EventLoop.timeout reads it
         self.model[self.seq] = (deadline, handle)
         heapq.heappush(self.heap, (deadline, self.seq))
         return (self.seq, handle)
@@ -699,6 +796,7 @@ class TimerMachine(RuleBasedStateMachine):
         was_pending = seq in self.model
         assert self.timer.cancel(handle) is was_pending
         assert self.timer.cancel(handle) is False
+        assert self.timer.deadline_of(handle) is None
         self.model.pop(seq, None)
 
     @rule(
@@ -753,7 +851,8 @@ class TimerMachine(RuleBasedStateMachine):
     def cancel_everything_pending_in_one_tick(self) -> None:
         # Empty the earliest bucket completely through cancel.
         earliest = min(self.model.values(), key=lambda v: v[0])[1]
-        same = [s for s, (_, h) in self.model.items() if h.tick == earliest.tick]
+        tick = Timer.tick_of(earliest)
+        same = [s for s, (_, h) in self.model.items() if Timer.tick_of(h) == tick]
         for s in same:
             assert self.timer.cancel(self.model.pop(s)[1])
 
@@ -773,8 +872,9 @@ class TimerMachine(RuleBasedStateMachine):
     def membership_agrees(self) -> None:
         if not hasattr(self, "timer"):
             return
-        for _deadline, handle in self.model.values():
+        for deadline, handle in self.model.values():
             assert handle in self.timer
+            assert self.timer.deadline_of(handle) == deadline
 
     @invariant()
     def next_deadline_agrees(self) -> None:

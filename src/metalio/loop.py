@@ -507,8 +507,9 @@ class EventLoop:
         if self._closed:
             raise ValueError("the event loop is closed")
         handle = self._set_timeout(delay, payload)
-        if handle._deadline < self._next:
-            self._next = handle._deadline
+        deadline = self._timer._last  # the deadline of this handle
+        if deadline < self._next:
+            self._next = deadline
         return handle
 
     def clear_timeout(self, timeout: Timeout) -> bool:
