@@ -417,12 +417,12 @@ class Timer:
         timeout = (k << 64) + next(_serials)
         r = k >> self._shift
         if r > self._rc:
-            # A later rotation: one insertion into that rotation's dict.
-            held = self._far.get(r)
-            if held is None:
+            # A later rotation: one insertion into that rotation's dict
+            # (a subscript, not .get: no method call on the common path).
+            try:
+                self._far[r][timeout] = (deadline, payload)
+            except KeyError:
                 self._far[r] = {timeout: (deadline, payload)}
-            else:
-                held[timeout] = (deadline, payload)
         else:
             bucket = self._bget(k)
             if bucket is None:
