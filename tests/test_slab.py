@@ -262,6 +262,31 @@ def test_get_is_the_dicts_own_get() -> None:
     assert s.insert("again") == 1 and bound(1) == "again"  # still this slab's lookup
 
 
+def test_subclasses_may_override_get() -> None:
+    class Logged(Slab[str]):
+        __slots__ = ("seen",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[int] = []
+
+        def get(self, key: int, default: Any = None) -> Any:
+            self.seen.append(key)
+            return super().get(key, default)
+
+    class Plain(Slab[str]):  # has a __dict__
+        def get(self, key: int, default: Any = None) -> Any:
+            return "always"
+
+    s = Logged()
+    s.insert("zero")
+    assert s.get(0) == "zero" and s.get(5, "dflt") == "dflt"
+    assert s.seen == [0, 5]
+    p = Plain()
+    p.insert("zero")
+    assert p.get(0) == "always" and p[0] == "zero"
+
+
 def test_int_subclass_keys_work() -> None:
     class Tok(enum.IntEnum):
         LISTENER = 0

@@ -144,7 +144,10 @@ class Slab(Generic[T]):
         self._map: dict[int, T] = {}
         self._free: list[int] = []
         self._next: int = self._start
-        self.get = self._map.get  # type: ignore[method-assign, assignment]
+        # Through the slot itself, not ``self.get = ...``: a subclass that
+        # overrides ``get`` keeps its override (and its ``super().get``
+        # reaches this bound dict.get), with or without a ``__dict__``.
+        _GET_SLOT.__set__(self, self._map.get)
 
     if TYPE_CHECKING:  # the runtime ``get`` is the bound dict.get set in __init__
 
@@ -298,3 +301,7 @@ class Slab(Generic[T]):
     def __iter__(self) -> Iterator[int]:
         """``iter(slab)`` walks the occupied keys, like a ``dict``."""
         return self.keys()
+
+
+# The member descriptor of the ``get`` slot (see Slab.__init__).
+_GET_SLOT: Any = Slab.__dict__["get"]
