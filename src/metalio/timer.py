@@ -28,8 +28,8 @@ touched before its rotation comes:
   worked through.  ``_buckets`` maps an absolute tick to its bucket, an
   insertion-ordered ``dict`` ``Timeout -> (deadline, payload)``; ``_occ``
   maps each such rotation to its occupancy word, a *W*-bit ``int`` whose
-  bit *s* is set when slot *s* has a bucket.  The next occupied slot is ``w & -w``, computed in
-  C, so no Python loop ever walks empty slots;
+  bit *s* is set when slot *s* has a bucket.  The next occupied slot is
+  ``w & -w``, computed in C, so no Python loop ever walks empty slots;
 * the **far level**, ``_far``, maps every later rotation to one
   insertion-ordered ``dict`` of its timeouts.  Timeouts there wait,
   untouched, until their rotation is reached; then the rotation *cascades*:
