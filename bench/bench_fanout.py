@@ -46,9 +46,11 @@ Method
   buffers without bound (and metalio never has to cut a slow reader off).
 * CPU: with two or more cores the server is pinned to CPU 0 and every load
   process to CPU 1 (``--no-pin`` to leave scheduling alone).
-* Each (window, N, server) runs ``--repeat`` times, interleaved, after a
-  synchronisation round (every receiver admitted) and ``--warmup``
-  seconds; medians are reported.  Every process is killed by PID in a
+* Each (window, N, server) runs ``--repeat`` times, interleaved (the
+  server order rotates between repetitions), after a synchronisation round
+  (every receiver admitted) and ``--warmup`` seconds; medians are reported,
+  and each ratio is the median of the per-repetition ratios (the two runs
+  of one repetition met the same background load).  Every process is killed by PID in a
   ``finally``; loopback only.  The machine is shared and noisy: compare
   ratios within one run, not absolute figures across runs.
 """
@@ -425,10 +427,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.receivers.split(",") if x]
     windows = [int(x) for x in args.windows.split(",") if x]
     results: dict[tuple[int, int, str], list[Result]] = {}
-    for _ in range(args.repeat):
+    for rep in range(args.repeat):
+        # The order rotates from one repetition to the next, so that no
+        # server always runs first (or right after the same neighbour).
+        order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
         for window in windows:
             for n in sizes:
-                for server in servers:
+                for server in order:
                     res = measure(server, n, window, args)
                     results.setdefault((window, n, server), []).append(res)
                     lost = f"  ({res.dead} receivers lost)" if res.dead else ""
@@ -442,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     pinned = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     print(
         f"fan-out: 1 sender, N receivers, {MESSAGE} B messages, "
-        f"{args.duration:g} s x {args.repeat} runs (medians), "
+        f"{args.duration:g} s x {args.repeat} runs (medians; ratios: medians of per-run ratios), "
         + ("server on CPU 0, load on CPU 1" if pinned else "unpinned")
         + f"; Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n"
     )
@@ -463,10 +468,18 @@ def main(argv: list[str] | None = None) -> int:
             for s in servers:
                 mib_s, share, ms, user_ms = med[s]
                 speed, cost = [], []
+                mine = results[(window, n, s)]
                 for ref in ("asyncio", "uvloop"):
                     if ref in med and ref != s:
-                        speed.append(f"{mib_s / med[ref][0]:.2f}×")
-                        cost.append(f"{ms / med[ref][2]:.2f}×")
+                        # Ratios are medians of per-repetition ratios: the two
+                        # runs of one repetition met the same background load.
+                        pairs = list(zip(mine, results[(window, n, ref)], strict=True))
+                        speed.append(
+                            f"{statistics.median(a.mib_s / b.mib_s for a, b in pairs):.2f}×"
+                        )
+                        cost.append(
+                            f"{statistics.median(a.cpu_ms_per_mib / b.cpu_ms_per_mib for a, b in pairs):.2f}×"
+                        )
                     else:
                         speed.append("—")
                         cost.append("—")
