@@ -768,3 +768,39 @@ def test_many_idle_sources_one_ready(poll: Poll) -> None:
         for a, b in pairs:
             a.close()
             b.close()
+
+
+# -- event objects ----------------------------------------------------------------
+
+
+def test_the_same_readiness_reuses_one_event(poll: Poll, pair) -> None:
+    # No object per event where a cached one will do: a registration that
+    # keeps reporting the same readiness gets the same immutable Event back.
+    a, b = pair
+    poll.registry.register(a, 7, R)
+    b.send(b"x")
+    wait_for(poll, 7)
+    first, second = Events(), Events()
+    assert poll.poll(first, 0) == 1 and poll.poll(second, 0) == 1
+    assert first[0] == second[0] == Event(7, Ready.READABLE)
+    assert second[0] is first[0]
+
+
+def test_cached_events_follow_readiness_and_reregister(poll: Poll, pair) -> None:
+    a, b = pair
+    both = int(Ready.READABLE | Ready.WRITABLE)
+
+    def until(token: int, want: int) -> None:
+        deadline = time.monotonic() + 5
+        got: dict[int, int] = {}
+        while time.monotonic() < deadline and got.get(token) != want:
+            got = collect(poll, 0.2)
+            assert set(got) <= {token}  # never a stale token
+        assert got.get(token) == want
+
+    poll.registry.register(a, 7, R | W)
+    until(7, int(Ready.WRITABLE))  # the row's cached event says writable ...
+    b.send(b"x")
+    until(7, both)  # ... and must not be handed out once readable too
+    poll.registry.reregister(a, 9, R | W)
+    until(9, both)

@@ -58,9 +58,16 @@ _FD_MAX: Final = 2**31 - 1
 
 
 class _Registration:
-    """One row of the token table; replaced, never mutated."""
+    """One row of the token table; replaced, never mutated (but for its cache).
 
-    __slots__ = ("interest", "opts", "source", "token", "xlate")
+    ``event`` caches the last :class:`Event` that ``Poll.poll`` built for the
+    row: a source that keeps reporting the same readiness (the usual case)
+    gets the same immutable ``Event`` again instead of two new tuples per
+    event.  It is one slot, so concurrent pollers that overwrite it leave a
+    consistent ``(token, readiness)`` pair whichever store lands last.
+    """
+
+    __slots__ = ("event", "interest", "opts", "source", "token", "xlate")
 
     def __init__(
         self, source: object, token: int, interest: int, opts: int, xlate: _ReadyTable
@@ -70,6 +77,7 @@ class _Registration:
         self.interest = interest
         self.opts = opts
         self.xlate = xlate
+        self.event: Event | None = None
 
 
 class _TokenCounts:
@@ -493,7 +501,13 @@ class Poll:
         for fd, mask in raw:
             reg = get(fd)
             if reg is not None:
-                append(new(Event, (reg.token, reg.xlate[mask])))
+                ready = reg.xlate[mask]
+                event = reg.event
+                # Ready values are shared singletons (one per bit pattern), so
+                # identity tells whether the cached event says the same.
+                if event is None or event[1] is not ready:
+                    event = reg.event = new(Event, (reg.token, ready))
+                append(event)
         return len(items)
 
     def fileno(self) -> int:
