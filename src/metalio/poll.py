@@ -13,7 +13,11 @@ plain ints.
 into an ``Event`` with two dictionary lookups: the fd finds the registration
 (its token), and the native mask finds the ``Ready`` value in a table shared
 by all registrations with the same interest.  Nothing else runs per event,
-no enum arithmetic and no Python-level constructor.  An fd that is no longer
+no enum arithmetic and no Python-level constructor, and usually no
+allocation either: each registration keeps the last ``Event`` it produced
+and hands it out again while its readiness stays the same (an ``Event`` is
+an immutable tuple; ``Ready`` values are shared, so one identity test
+decides).  An fd that is no longer
 in the table (deregistered by another thread, or an internal descriptor of
 the backend) is skipped, which is what makes "after ``deregister`` returns
 no later poll reports the source" hold on every backend.
