@@ -19,20 +19,13 @@ from typing import Any
 
 import pytest
 
-from metalio import NotifyClosed, NotifyError, NotifyFull, Poll
+from metalio import NotifyClosed, NotifyError, NotifyFull
 from metalio import channel as channel_mod
+from metalio._backends import available_backends
 from metalio.channel import Sender
 from metalio.loop import EventLoop, EventLoopConfig, Handler
 
 BACKENDS = ("epoll", "poll", "select")
-
-
-def _available(name: str) -> bool:
-    try:
-        Poll(backend=name).close()
-    except ValueError:
-        return False
-    return True
 
 
 @pytest.fixture(params=["gil", "locked"])
@@ -44,7 +37,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
-    if not _available(name):
+    if name not in available_backends():
         pytest.skip(f"backend {name!r} not available on this checkout")
     return name
 

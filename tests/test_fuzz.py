@@ -59,6 +59,7 @@ from metalio import (
     TimerError,
     Waker,
 )
+from metalio._backends import available_backends
 from metalio.net import TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream
 
 CONTRACT: tuple[type[BaseException], ...] = (
@@ -78,15 +79,7 @@ FUZZ = settings(
 )
 
 
-def _available(name: str) -> bool:
-    try:
-        Poll(backend=name).close()
-    except ValueError:
-        return False
-    return True
-
-
-BACKENDS = [name for name in ("epoll", "poll", "select") if _available(name)]
+BACKENDS = [name for name in ("epoll", "poll", "select") if name in available_backends()]
 PRIVATE_DIR = tempfile.mkdtemp(prefix="metalio-fuzz-")
 
 

@@ -22,24 +22,17 @@ from typing import Any
 import pytest
 
 from metalio import Interest, Poll, PollOpt, Ready
+from metalio._backends import available_backends
 from metalio.loop import EventLoop, EventLoopConfig, Handler
 
 BACKENDS = ("epoll", "poll", "select")
 R, W = Interest.READABLE, Interest.WRITABLE
 
 
-def _available(name: str) -> bool:
-    try:
-        Poll(backend=name).close()
-    except ValueError:
-        return False
-    return True
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
-    if not _available(name):
+    if name not in available_backends():
         pytest.skip(f"backend {name!r} not available on this checkout")
     return name
 

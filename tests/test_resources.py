@@ -51,7 +51,8 @@ from typing import Any
 
 import pytest
 
-from metalio import EventLoop, EventLoopConfig, Handler, NotifyFull, Poll
+from metalio import EventLoop, EventLoopConfig, Handler, NotifyFull
+from metalio._backends import available_backends
 
 RSS_MARGIN = 5 << 20
 TRACED_MARGIN = 256 << 10  # Python-level allocations still alive after 1M pure-Python cycles
@@ -69,15 +70,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _available(name: str) -> bool:
-    try:
-        Poll(backend=name).close()
-    except ValueError:
-        return False
-    return True
-
-
-BACKENDS = [name for name in ("epoll", "poll", "select") if _available(name)]
+BACKENDS = [name for name in ("epoll", "poll", "select") if name in available_backends()]
 
 
 # -- measuring -----------------------------------------------------------------------

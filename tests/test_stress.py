@@ -58,11 +58,11 @@ from metalio import (
     Handler,
     Interest,
     NotifyFull,
-    Poll,
     PollOpt,
     Ready,
     Waker,
 )
+from metalio._backends import available_backends
 
 # -- sizes (about 5-12 s per backend here, 2 cores) ---------------------------------
 
@@ -87,15 +87,7 @@ EPOLLIN, EPOLLERR, EPOLLHUP, EPOLLRDHUP = 0x1, 0x8, 0x10, 0x2000
 EPOLLET, EPOLLONESHOT = 1 << 31, 1 << 30
 
 
-def _available(name: str) -> bool:
-    try:
-        Poll(backend=name).close()
-    except ValueError:
-        return False
-    return True
-
-
-BACKENDS = [name for name in ("epoll", "poll", "select") if _available(name)]
+BACKENDS = [name for name in ("epoll", "poll", "select") if name in available_backends()]
 
 
 def token_of(thread: int, sock: int, gen: int) -> int:
