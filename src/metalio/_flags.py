@@ -117,7 +117,9 @@ class Ready(enum.IntFlag):
         error = _bit_property(8, "The source has an error pending.")
         read_closed = _bit_property(16, "The peer will send no more data.")
         write_closed = _bit_property(32, "Writing can no longer succeed.")
-        hup = _bit_property(16, "The peer will send no more data (the same as read_closed).")
+        hup = property(
+            read_closed.fget, doc="The peer will send no more data (the same as read_closed)."
+        )
 
 
 _ALL_INTEREST: Final = 7
