@@ -341,6 +341,11 @@ def _normalize_limit(timeout: object) -> float | None:
     return min(value, MAX_TIMEOUT)
 
 
+def _closed_timeout(delay: object, payload: object) -> Timeout:
+    """``EventLoop.timeout`` once the loop is closed."""
+    raise ValueError("the event loop is closed")
+
+
 class EventLoop:
     """A Handler-driven event loop: I/O readiness, messages, timeouts, signals.
 
@@ -392,7 +397,9 @@ class EventLoop:
         self._events_capacity = config.events_capacity
         self._mpt = config.messages_per_tick
         self._clock = config.clock
-        self._next = _INF  # cached earliest timer deadline (may be early, never late)
+        # The loop's wake-up time is the wheel's _soonest, a lower bound on
+        # the pending deadlines that set_timeout keeps (may be early, never
+        # late), so timeout() below is one call and nothing else.
         self._set_timeout = self._timer.set_timeout
         # Hot paths (timer benchmark, accept/close): no wrapper frame; the
         # instance attributes shadow the documented methods of the class.
@@ -422,6 +429,7 @@ class EventLoop:
             self._unique_fds,
             self._sigq,
             self._due,
+            self._timer,
         )
         self._running = False
         self._active = False
@@ -504,13 +512,8 @@ class EventLoop:
             closed.
         :raises metalio.TimerError: ``timer_capacity`` timeouts are pending.
         """
-        if self._closed:
-            raise ValueError("the event loop is closed")
-        handle = self._set_timeout(delay, payload)
-        deadline = self._timer._last  # the deadline of this handle
-        if deadline < self._next:
-            self._next = deadline
-        return handle
+        # close() replaces _set_timeout with _closed_timeout (ValueError).
+        return self._set_timeout(delay, payload)
 
     def clear_timeout(self, timeout: Timeout) -> bool:
         """Cancel *timeout*.
@@ -648,6 +651,7 @@ class EventLoop:
             fast,  # the backend never reports one fd twice per poll
             sigq,
             due,
+            timer,
         ) = self._hot
         inf = _INF
         t: float | None
@@ -658,7 +662,7 @@ class EventLoop:
                 if queue or sigq or due:
                     t = 0.0
                 else:
-                    nd = self._next
+                    nd = timer._soonest
                     if nd == inf:
                         t = limit
                     else:
@@ -733,7 +737,7 @@ class EventLoop:
                         notify(self, msg)
 
             # 5. Timers.
-            nd = self._next
+            nd = timer._soonest
             if (nd < inf and nd <= clock()) or due:
                 self._fire(on_timeout)
 
@@ -828,8 +832,7 @@ class EventLoop:
                 on_timeout(self, payload)
         finally:
             del due[:i]
-            nd = timer.next_deadline()
-            self._next = _INF if nd is None else nd
+            timer.next_deadline()  # makes timer._soonest exact again
 
     # -- closing ------------------------------------------------------------
 
@@ -851,7 +854,7 @@ class EventLoop:
         self._closed = True
         self._notify.close()
         self._timer.clear()
-        self._next = _INF
+        self._set_timeout = _closed_timeout
         self._due.clear()
         self._sigq.clear()
         self._leftover = None

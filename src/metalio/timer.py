@@ -233,7 +233,6 @@ class Timer:
         "_capacity",
         "_clock",
         "_far",
-        "_last",
         "_lo",
         "_mask",
         "_nd",
@@ -242,6 +241,7 @@ class Timer:
         "_rc",
         "_room",
         "_shift",
+        "_soonest",
         "_tick",
     )
 
@@ -290,11 +290,12 @@ class Timer:
         # Cached next_deadline(), the earliest pending deadline.  While it is
         # not None, _lo is exactly its tick, which is on the near level.
         self._nd: float | None = None
-        # The deadline of the latest set_timeout().  EventLoop.timeout reads
-        # it to keep its own wake-up time: a slot store here is much cheaper
-        # than looking the handle up again (a handle is an int that does not
-        # carry its deadline).
-        self._last: float = _INF
+        # A lower bound on every pending deadline (inf: none pending), kept
+        # for the EventLoop, which reads it on every iteration to know how
+        # long it may sleep: lowered by set_timeout, made exact again by
+        # next_deadline() and clear(); fires and cancels may leave it early,
+        # which costs the loop at most one wake-up with nothing due.
+        self._soonest: float = _INF
 
     # ------------------------------------------------------------------ info
 
@@ -432,7 +433,8 @@ class Timer:
             else:
                 bucket[timeout] = (deadline, payload)
         self._room = room - 1
-        self._last = deadline
+        if deadline < self._soonest:
+            self._soonest = deadline
         return timeout
 
     def cancel(self, timeout: Timeout) -> bool:
@@ -488,6 +490,7 @@ class Timer:
         self._room = self._capacity
         self._lo = _NO_TICK
         self._nd = None
+        self._soonest = _INF
 
     def _cascade(self, r: int) -> None:
         """Move far rotation *r*, the earliest one, down to the near level."""
@@ -692,8 +695,10 @@ class Timer:
         """
         nd = self._nd
         if nd is not None:
+            self._soonest = nd
             return nd
         if self._room == self._capacity:
+            self._soonest = _INF
             return None
         occ = self._occ
         if not occ:
@@ -716,7 +721,7 @@ class Timer:
             bucket = self._buckets[k]
             self._lo = k
         earliest: float = min(map(_by_deadline, bucket.values()))
-        self._nd = earliest
+        self._nd = self._soonest = earliest
         return earliest
 
 
