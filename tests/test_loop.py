@@ -419,6 +419,27 @@ def test_cleared_timeout_never_fires(loop: EventLoop) -> None:
     assert rec.kinds("timeout") == [("timeout", "stays")]
 
 
+def test_cancelled_earliest_timeout_costs_one_empty_wakeup(backend: str) -> None:
+    """The wake-up time may be early after a cancel, never late: the loop wakes
+    once at the cancelled deadline, finds nothing due, and then waits for the
+    next one (it must not keep waking at the stale time)."""
+    clock = ManualClock()
+    with EventLoop(EventLoopConfig(backend=backend, clock=clock, timer_tick=0.01)) as ev:
+        rec = Recorder()
+        early = ev.timeout("early", 1.0)
+        late = ev.timeout("late", 3.0)
+        assert ev.clear_timeout(early)
+        clock.now += 1.5  # past the cancelled deadline: one iteration with nothing due
+        ev.run_once(rec, timeout=0)
+        assert rec.kinds("timeout") == []
+        # Exact again: the loop now sleeps until the late deadline.
+        assert ev._timer._soonest == ev._timer.deadline_of(late) == clock.now + 1.5
+        clock.now += 1.5
+        ev.run_once(rec, timeout=0)
+        assert rec.kinds("timeout") == [("timeout", "late")]
+        assert ev._timer._soonest == math.inf
+
+
 def test_timers_with_a_manual_clock(backend: str) -> None:
     """Deterministic: nothing before the deadline, everything due once after it."""
     clock = ManualClock()

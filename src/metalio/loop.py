@@ -33,9 +33,11 @@ One iteration
    calls, oldest first.  The number is fixed when the phase starts, so
    messages sent from ``notify`` itself wait for the next iteration.
 5. **Timers.**  ``handler.timeout(loop, payload)`` for every due timeout,
-   earlier deadlines first.  The loop caches the next deadline, so an
-   iteration with nothing due costs one comparison (and no clock read when
-   nothing is pending).
+   earlier deadlines first.  The wheel keeps a lower bound on its pending
+   deadlines (``set_timeout`` lowers it, ``next_deadline()`` makes it exact
+   again after each firing), so an iteration with nothing due costs one
+   comparison (and no clock read when nothing is pending), and
+   ``loop.timeout`` is a single call into the wheel.
 6. ``handler.tick(loop)``.
 
 ``run`` looks the handler's methods up once, when it starts; a method a

@@ -91,6 +91,15 @@ deadline of that one bucket.  With a valid cache, ``expired(now)`` for a
 *now* before the next deadline is a single comparison, so an event loop can
 call both on every iteration.
 
+An event loop needs less: a time it may sleep until without missing
+anything.  ``_soonest`` is that, a lower bound on every pending deadline
+(``inf`` when none is pending): ``set_timeout`` lowers it with one
+comparison, ``next_deadline()`` and ``clear()`` make it exact, and fires and
+cancels leave it where it was, early, which costs a loop at most one
+wake-up with nothing due.  :class:`metalio.EventLoop` reads it on every
+iteration and calls ``next_deadline()`` after each firing, so its
+``timeout()`` does nothing but call ``set_timeout``.
+
 Handles
 -------
 A :data:`Timeout` handle is a plain ``int``, ``tick * 2**64 + serial``: the
