@@ -12,11 +12,13 @@ from __future__ import annotations
 import gc
 import math
 import os
+import select
 import socket
 import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -604,6 +606,53 @@ def test_kept_events_of_deregistered_sources_are_dropped(backend: str) -> None:
             for a, b in pairs:
                 a.close()
                 b.close()
+
+
+def test_event_of_a_source_deregistered_earlier_in_the_iteration_is_dropped(
+    backend: str,
+) -> None:
+    """Both sockets are ready in one wait; whichever the loop dispatches first
+    deregisters and closes the other, whose event is then in hand but must not
+    reach the handler (the dispatch finds no registration at that fd)."""
+    with EventLoop(EventLoopConfig(backend=backend)) as ev:
+        pairs = [socket.socketpair() for _ in range(2)]
+        try:
+            for token, (a, b) in enumerate(pairs):
+                ev.register(a, 10 + token, R, PollOpt.EDGE)
+                b.send(b"x")
+            seen: list[int] = []
+
+            class H(Handler):
+                def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
+                    seen.append(token)
+                    other = pairs[1 - (token - 10)][0]
+                    if other.fileno() >= 0:
+                        loop.deregister(other)
+                        other.close()
+
+            time.sleep(0.05)
+            ev.run_once(H(), timeout=5)
+            assert len(seen) == 1
+            ev.run_once(H(), timeout=0.05)
+            assert len(seen) == 1
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+
+@pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll only")
+def test_refused_registration_leaves_no_dispatch_row(tmp_path: Path) -> None:
+    """epoll refuses a regular file: the rolled-back row must not stay in the
+    dispatch lists, or a later event at that fd number would reach the handler
+    under a token that was never registered."""
+    with EventLoop(EventLoopConfig(backend="epoll")) as ev, open(tmp_path / "f", "wb") as f:
+        with pytest.raises(PermissionError):
+            ev.register(f, 7, R)
+        fd = f.fileno()
+        assert fd not in ev.poll.registry._table
+        assert fd >= len(ev._tokens) or ev._tokens[fd] < 0
+        assert fd >= len(ev._xlates) or ev._xlates[fd] is None
 
 
 def test_exception_in_notify(loop: EventLoop) -> None:

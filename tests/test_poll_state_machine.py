@@ -30,6 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from conftest import BACKENDS, drain, open_poll
 from metalio import Events, Interest, PollOpt
+from metalio.poll import UNREGISTERED
 
 INTERESTS = [Interest.READABLE, Interest.WRITABLE, Interest.READABLE | Interest.WRITABLE]
 OPTS = [
@@ -68,6 +69,9 @@ class RegistryMachine(RuleBasedStateMachine):
         self.slots: list[Slot] = []
         self.next_token = 100
         self.closed_sources: list[socket.socket] = []
+        # The EventLoop's dispatch lists: they must mirror the table through
+        # every rule, including refused and rolled-back registrations.
+        self.tokens, self.xlates = self.poll.registry._dispatch_lists()
 
     def new_pair(self) -> Slot:
         a, b = socket.socketpair()
@@ -197,6 +201,18 @@ class RegistryMachine(RuleBasedStateMachine):
                     s.seen_empty = False
             elif s.opts & 2 and not s.pending:
                 s.seen_empty = True
+
+    @invariant()
+    def dispatch_lists_mirror_the_table(self) -> None:
+        table = self.poll.registry._table
+        assert len(self.tokens) == len(self.xlates)
+        assert all(fd < len(self.tokens) for fd in table)
+        for fd, (token, xlate) in enumerate(zip(self.tokens, self.xlates, strict=True)):
+            row = table.get(fd)
+            if row is None:
+                assert token == UNREGISTERED and xlate is None, fd
+            else:
+                assert token == row.token and xlate is row.xlate, fd
 
     @invariant()
     def retired_tokens_never_reused(self) -> None:

@@ -96,6 +96,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ._backends import MAX_TIMEOUT
 from ._events import MAX_CAPACITY as MAX_EVENTS_CAPACITY
 from ._flags import READY_VALUES, PollOpt, Ready
+from ._signals import SIGNAL_TOKEN
 from .channel import NOTIFY_TOKEN, Sender, _new_sender, _Notify
 from .poll import Poll, Registry
 from .timer import Timeout, Timer
@@ -139,7 +140,7 @@ def _complete_tables(registry: Registry) -> None:
 
     A registration's ``xlate`` (native mask -> ``Ready``) is a ``dict``
     subclass filled on first sight of a mask; CPython specialises ``d[k]``
-    for exact dicts only, so the dispatch's ``reg.xlate[mask]`` took the
+    for exact dicts only, so the dispatch's ``xlates[fd][mask]`` took the
     generic path (about 14 ns per event).  With epoll every mask that can
     ever arrive is known (``_epoll_masks``), so the tables are filled up front
     and copied into plain dicts: 8 interests x 64 masks, about 18 KB per
@@ -386,6 +387,8 @@ class EventLoop:
             # while some token is actually shared (see Registry._write).
             tracker = registry._count_tokens()
             _complete_tables(registry)
+            # After the tables are complete: the lists hold the rows' tables.
+            dispatch_lists = registry._dispatch_lists()
             self._notify = _Notify(registry, config.notify_capacity)
         except BaseException:
             poll.close()
@@ -394,6 +397,7 @@ class EventLoop:
         self._registry = registry
         self._tracker = tracker
         self._table = poll._table
+        self._tokens, self._xlates = dispatch_lists
         self._backend_poll = poll._backend_poll
         self._unique_fds = poll.backend in _UNIQUE_FD_BACKENDS
         self._events_capacity = config.events_capacity
@@ -418,7 +422,8 @@ class EventLoop:
         core = self._notify
         self._hot = (
             self._backend_poll,
-            self._table,
+            self._tokens,
+            self._xlates,
             self._events_capacity,
             core,
             core.queue,
@@ -640,7 +645,8 @@ class EventLoop:
             on_timeout = _ignore_timeout
         (
             backend_poll,
-            table,
+            tokens,
+            xlates,
             capacity,
             core,
             queue,
@@ -698,13 +704,11 @@ class EventLoop:
                     fd = -1  # no event started yet (an asynchronous exception)
                     try:
                         for fd, mask in raw:
-                            try:
-                                reg = table[fd]
-                            except KeyError:  # deregistered since the wait (rare)
-                                continue
-                            token = reg.token
+                            # UNREGISTERED (deregistered since the wait) is
+                            # negative: _internal ignores it.
+                            token = tokens[fd]
                             if token >= 0:
-                                ready(self, token, reg.xlate[mask])
+                                ready(self, token, xlates[fd][mask])
                             else:
                                 self._internal(token)
                     except BaseException:
@@ -752,14 +756,15 @@ class EventLoop:
     # -- cold paths of the iteration -----------------------------------------------
 
     def _internal(self, token: int) -> None:
-        """An internal descriptor reported readiness."""
+        """An internal descriptor reported readiness, or one deregistered since
+        the wait did (``UNREGISTERED``: ignored)."""
         if token == NOTIFY_TOKEN:
             awakener = self._notify.awakener
             if awakener.drain_needed:
                 awakener.drain()
             return
         signals = self._signals
-        if signals is not None:
+        if token == SIGNAL_TOKEN and signals is not None:
             got = signals.read()
             # Any byte means a wait was (or would have been) interrupted.
             self._sigq.append(0)

@@ -40,7 +40,7 @@ import errno
 import math
 import threading
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._backends import MAX_TIMEOUT, Backend, open_backend
 from ._events import Event, Events
@@ -59,6 +59,11 @@ _new_event: Final = tuple.__new__
 # Descriptors are C ints in every kernel call CPython makes: a larger number
 # can name nothing (and CPython would raise OverflowError for it).
 _FD_MAX: Final = 2**31 - 1
+# The token of a descriptor number with no registration, in the dispatch
+# lists (Registry._dispatch_lists): negative, like the internal tokens, so a
+# dispatcher's "token >= 0" test sends it down the internal path, which
+# ignores it.
+UNREGISTERED: Final = -3
 
 
 class _Registration:
@@ -160,7 +165,17 @@ class Registry:
     Obtain it as ``poll.registry``; it cannot be created on its own.
     """
 
-    __slots__ = ("__weakref__", "_backend", "_closed", "_counts", "_lock", "_table", "_xlate")
+    __slots__ = (
+        "__weakref__",
+        "_backend",
+        "_closed",
+        "_counts",
+        "_lock",
+        "_table",
+        "_tokens",
+        "_xlate",
+        "_xlates",
+    )
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
@@ -169,6 +184,11 @@ class Registry:
         self._closed = False
         self._counts: _TokenCounts | None = None
         self._xlate = tuple(_ReadyTable(i, backend.readiness) for i in range(8))
+        # The dispatch lists, when an EventLoop asked for them: see
+        # _dispatch_lists.
+        self._tokens: list[int] | None = None
+        # Tables where registrations are, None elsewhere (never indexed there).
+        self._xlates: list[Any] | None = None
 
     # -- the three public operations ---------------------------------------
 
@@ -328,8 +348,50 @@ class Registry:
             table.pop(fd, None)
         else:
             table[fd] = row
+        tokens = self._tokens
+        if tokens is not None:
+            self._list_row(tokens, fd, row)
         if counts is not None and old is not None:
             counts.dec(old.token)
+
+    def _list_row(self, tokens: list[int], fd: int, row: _Registration | None) -> None:
+        """Mirror *row* at *fd* in the dispatch lists (lock held)."""
+        xlates = self._xlates
+        assert xlates is not None
+        if fd >= len(tokens):
+            grow = fd + 1 - len(tokens)
+            tokens.extend([UNREGISTERED] * grow)
+            xlates.extend([None] * grow)
+        if row is None:
+            tokens[fd] = UNREGISTERED
+            xlates[fd] = None
+        else:
+            # Table first: a dispatcher reads the token first, so when it sees
+            # the new token it also sees the new table.
+            xlates[fd] = row.xlate
+            tokens[fd] = row.token
+
+    def _dispatch_lists(self) -> tuple[list[int], list[Any]]:
+        """Turn on the dispatch lists (idempotent) and return them.
+
+        ``tokens[fd]`` and ``xlates[fd]`` are the token and readiness table
+        of the registration at *fd*, ``UNREGISTERED`` and ``None`` where
+        there is none; both lists reach the highest fd ever registered and
+        never shrink.  An EventLoop dispatches from them instead of from the
+        table: two list indexings, where ``table[fd].token`` and
+        ``.xlate`` cost a hashed lookup and a visit to the registration
+        object, which the kernel's work between events has usually pushed
+        out of the CPU caches (about 40 ns per event, measured).  16 bytes
+        per descriptor number, nothing per registration.
+        """
+        with self._lock:
+            if self._tokens is None:
+                self._tokens = []
+                self._xlates = []
+                for fd, row in self._table.items():
+                    self._list_row(self._tokens, fd, row)
+            assert self._xlates is not None
+            return self._tokens, self._xlates
 
     def _count_tokens(self) -> _TokenCounts:
         """Turn on per-token counting (idempotent) and return the counts."""
@@ -364,6 +426,9 @@ class Registry:
             self._table.clear()
             if self._counts is not None:
                 self._counts.reset()
+            if self._tokens is not None and self._xlates is not None:
+                self._tokens[:] = [UNREGISTERED] * len(self._tokens)
+                self._xlates[:] = [None] * len(self._xlates)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._table)} registered"
