@@ -19,15 +19,19 @@ Three measurements, each printed with ratios (never asserted anywhere):
    by ``bench/echo/loadgen.c`` (compiled into a temporary directory; the
    Python ``loadgen.py`` when there is no C compiler) on CPU 1: 1 KiB
    messages, one outstanding per connection, 10 and 100 connections.  The
-   figure is the server's **user CPU per round trip** (``utime`` of
-   ``/proc/PID/stat`` over the measured window; the load generator stops
-   with every connection idle at both ends of the window).  Four servers:
+   figure is the server's **user CPU per round trip** over the measured
+   window (the load generator stops with every connection idle at both ends
+   of it), sampled by ``perf`` every 50 µs of CPU where perf may run
+   (``bench/usertime.py``), else ``utime`` of ``/proc/PID/stat``, which is
+   only good to about ±15% per window.  Five servers:
 
    ``epoll-raw``  a hand-written edge-triggered ``select.epoll`` loop,
                   ``os.read``/``os.write`` on the descriptors, a dict of
                   connections (the floor);
-   ``loop-raw``   the same work as ``epoll-raw`` on ``EventLoop`` + ``Slab``:
-                  what the loop's dispatch costs;
+   ``loop-raw``   the same work as ``epoll-raw`` as a ``Handler`` on
+                  ``EventLoop``, token = descriptor, the same dict: what the
+                  loop's dispatch costs;
+   ``loop-slab``  the same with ``Slab`` tokens, as a mio program has them;
    ``epoll-net``  the hand-written loop again, doing its I/O through
                   ``metalio.net.TcpStream`` (``try_read_into``/``try_write``);
    ``loop-net``   ``EventLoop`` + ``Slab`` + edge-triggered ``TcpStream``:
