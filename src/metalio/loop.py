@@ -706,7 +706,10 @@ class EventLoop:
                         for fd, mask in raw:
                             # UNREGISTERED (deregistered since the wait) is
                             # negative: _internal ignores it.
-                            token = tokens[fd]
+                            try:
+                                token = tokens[fd]
+                            except IndexError:  # never registered (a fake backend)
+                                continue
                             if token >= 0:
                                 ready(self, token, xlates[fd][mask])
                             else:

@@ -187,7 +187,7 @@ class Registry:
         # The dispatch lists, when an EventLoop asked for them: see
         # _dispatch_lists.
         self._tokens: list[int] | None = None
-        # Tables where registrations are, None elsewhere (never indexed there).
+        # Readiness tables by fd (dict-like; see _dispatch_lists).
         self._xlates: list[Any] | None = None
 
     # -- the three public operations ---------------------------------------
@@ -362,12 +362,14 @@ class Registry:
             grow = fd + 1 - len(tokens)
             tokens.extend([UNREGISTERED] * grow)
             xlates.extend([None] * grow)
+        # A dispatcher in another thread reads tokens[fd] and then
+        # xlates[fd], with no lock.  So a table is written before its token,
+        # and a removal leaves the old table where it is: whatever the
+        # interleaving, a token the dispatcher read comes with a readiness
+        # table (at worst that of the next registration at this fd).
         if row is None:
             tokens[fd] = UNREGISTERED
-            xlates[fd] = None
         else:
-            # Table first: a dispatcher reads the token first, so when it sees
-            # the new token it also sees the new table.
             xlates[fd] = row.xlate
             tokens[fd] = row.token
 
@@ -375,9 +377,10 @@ class Registry:
         """Turn on the dispatch lists (idempotent) and return them.
 
         ``tokens[fd]`` and ``xlates[fd]`` are the token and readiness table
-        of the registration at *fd*, ``UNREGISTERED`` and ``None`` where
-        there is none; both lists reach the highest fd ever registered and
-        never shrink.  An EventLoop dispatches from them instead of from the
+        of the registration at *fd*; where there is none the token is
+        ``UNREGISTERED`` and the table that of an earlier registration there
+        (or ``None``), never to be used.  Both lists reach the highest fd
+        ever registered and never shrink.  An EventLoop dispatches from them instead of from the
         table: two list indexings, where ``table[fd].token`` and
         ``.xlate`` cost a hashed lookup and a visit to the registration
         object, which the kernel's work between events has usually pushed
@@ -426,9 +429,8 @@ class Registry:
             self._table.clear()
             if self._counts is not None:
                 self._counts.reset()
-            if self._tokens is not None and self._xlates is not None:
+            if self._tokens is not None:
                 self._tokens[:] = [UNREGISTERED] * len(self._tokens)
-                self._xlates[:] = [None] * len(self._xlates)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._table)} registered"
