@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["PERIOD_NS", "UserSampler", "sampler"]
+__all__ = ["PERIOD_NS", "UserSampler", "available", "run_ns", "sampler"]
 
 PERIOD_NS = 50_000
 # perf reports nothing when it has attached: give it this long, while the
@@ -98,6 +98,14 @@ class UserSampler:
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(10)
+
+
+def run_ns(pid: int) -> int | None:
+    """*pid*'s total CPU time in nanoseconds, exact (``/proc/PID/schedstat``)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def available() -> bool:

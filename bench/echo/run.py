@@ -56,6 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for usertime
+import usertime
+
 HERE = Path(__file__).resolve().parent
 SERVERS_DIR = HERE / "servers"
 BUILD_DIR = HERE / ".build"
@@ -477,6 +480,7 @@ class Measurement:
     user_us_rt: float | None = None
     sys_us_rt: float | None = None
     user_ticks: int | None = None
+    user_perf_samples: int | None = None  # perf's 50 µs samples behind user_us_rt
     server_cpu: float | None = None  # share of one CPU over the window
     client_cpu: float | None = None  # share of the client's CPUs over the window
     others_cpu: float | None = None  # share of the two benchmark CPUs used by anything else
@@ -494,8 +498,14 @@ def measure(
     placement: Placement,
     threads: int,
     rep: int,
+    perf: bool = False,
 ) -> Measurement:
-    """Run the load generator once against *server* and account the server's CPU."""
+    """Run the load generator once against *server* and account the server's CPU.
+
+    With *perf* (and perf available) the user time is sampled by perf every
+    50 µs of CPU and the total comes from ``/proc/PID/schedstat`` (exact);
+    otherwise both come from ``/proc/PID/stat``'s ticks.
+    """
     m = Measurement(server.name, size, conns, rep)
     failure = server.failure()
     if failure:
@@ -530,13 +540,17 @@ def measure(
                 m.error = _loadgen_error(line, err)
                 return m
             # warm-up done and drained: the server is idle, sample it
-            before = process_cpu(server.pid)
-            busy_before = cpus_busy(both)
-            proc.stdin.write(b"go\n")
-            line = reader.readline(duration + STALL_TIMEOUT + 30)
-            # window done and drained, connections still open: idle again
-            after = process_cpu(server.pid)
-            busy_after = cpus_busy(both)
+            with usertime.sampler(server.pid, perf) as sampler:
+                before = process_cpu(server.pid)
+                run_before = usertime.run_ns(server.pid)
+                busy_before = cpus_busy(both)
+                proc.stdin.write(b"go\n")
+                line = reader.readline(duration + STALL_TIMEOUT + 30)
+                # window done and drained, connections still open: idle again
+                after = process_cpu(server.pid)
+                run_after = usertime.run_ns(server.pid)
+                busy_after = cpus_busy(both)
+                user_ns = None if sampler is None else sampler.stop()
             with contextlib.suppress(OSError):
                 proc.stdin.write(b"quit\n")
                 proc.stdin.close()
@@ -576,6 +590,12 @@ def measure(
         m.user_us_rt = du / tck / rts * 1e6
         m.sys_us_rt = ds / tck / rts * 1e6
         m.server_cpu = (du + ds) / tck / secs
+        if user_ns is not None and run_before is not None and run_after is not None:
+            total_ns = run_after - run_before
+            m.user_perf_samples = user_ns // usertime.PERIOD_NS
+            m.user_us_rt = user_ns / 1e3 / rts
+            m.sys_us_rt = max(0, total_ns - user_ns) / 1e3 / rts
+            m.server_cpu = total_ns / 1e9 / secs
         if busy_before is not None and busy_after is not None and both:
             others = (busy_after - busy_before) / tck - (du + ds) / tck - client_s
             m.others_cpu = max(0.0, others) / secs / len(both)
@@ -610,6 +630,7 @@ class RunConfig:
     client_threads: int = 1
     python: str = sys.executable
     fresh: bool = False  # a new, unprimed server process for every measurement
+    perf: bool = True  # user time sampled by perf where it may run (bench/usertime.py)
 
 
 Log = Callable[[str], None]
@@ -736,6 +757,7 @@ def run_matrix(
                             placement=placement,
                             threads=min(config.client_threads, conns),
                             rep=rep,
+                            perf=config.perf,
                         )
                     results.append(m)
                     log(
@@ -850,8 +872,11 @@ def summarize(results: Sequence[Measurement], servers: Sequence[str]) -> list[Ce
                 s.server_cpu = median([m.server_cpu for m in good])
                 s.client_cpu = median([m.client_cpu for m in good])
                 s.others_cpu = median([m.others_cpu for m in good])
+                perf = [m.user_perf_samples for m in good]
                 ticks = [m.user_ticks for m in good if m.user_ticks is not None]
-                if ticks:
+                if all(n is not None for n in perf):
+                    s.user_samples = float(sum(n for n in perf if n is not None))
+                elif ticks:
                     s.user_samples = sum(ticks) * samples_per_tick
 
                 s.user_vs_uvloop = _paired(good, ref, REF_UVLOOP, "user_us_rt")
@@ -981,7 +1006,13 @@ def format_report(
             "‡ client-bound: the load generator used ≥ 95% of its CPU while the server had "
             "spare time; that cell's rt/s understates the server"
         )
-    if facts.get("tick_sampled_cpu_accounting"):
+    if config.perf:
+        notes.append(
+            "user CPU is sampled by perf every 50 µs of the server's CPU (bench/usertime.py), "
+            "system CPU is the exact total (/proc/PID/schedstat) minus it: ± is the "
+            "statistical error of user µs/rt (1/√samples over all reps)"
+        )
+    elif facts.get("tick_sampled_cpu_accounting"):
         notes.append(
             "the kernel splits CPU time into user and system by sampling at each tick "
             f"(HZ={facts.get('config_hz') or '?'}): ± is the statistical error of user µs/rt "
@@ -1081,6 +1112,11 @@ def build_parser() -> argparse.ArgumentParser:
         "long-running server each)",
     )
     ap.add_argument("--python", default=sys.executable, help="interpreter for the servers")
+    ap.add_argument(
+        "--no-perf",
+        action="store_true",
+        help="user CPU from /proc ticks even where perf could sample it (bench/usertime.py)",
+    )
     ap.add_argument("--json", metavar="FILE", help="write every measurement and the summary")
     ap.add_argument("--plot", metavar="FILE.png", help="bar charts (needs matplotlib)")
     ap.add_argument("--list", action="store_true", help="list the servers and exit")
@@ -1109,6 +1145,7 @@ def make_config(args: argparse.Namespace) -> RunConfig:
         client_threads=max(1, args.client_threads),
         python=args.python,
         fresh=args.fresh,
+        perf=not args.no_perf and usertime.available(),
     )
     if cfg.reps < 1 or cfg.duration <= 0 or cfg.warmup < 0 or min(cfg.conns) < 1:
         raise SystemExit("--reps, --duration and --conns must be positive, --warmup >= 0")
