@@ -9,6 +9,7 @@ I/O tests run on every backend this checkout offers (``ValueError`` from
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -548,64 +549,64 @@ class Boom(Exception):
     pass
 
 
+@contextlib.contextmanager
+def _socketpairs(n: int) -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    """*n* connected socket pairs, all closed on the way out."""
+    pairs = [socket.socketpair() for _ in range(n)]
+    try:
+        yield pairs
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 def test_exception_in_ready_keeps_the_other_events(backend: str) -> None:
-    with EventLoop(EventLoopConfig(backend=backend)) as ev:
-        pairs = [socket.socketpair() for _ in range(4)]
-        try:
-            for token, (a, b) in enumerate(pairs):
-                a.setblocking(False)
-                ev.register(a, token, R, PollOpt.EDGE)
-                b.send(b"x")
-            seen: list[int] = []
+    with EventLoop(EventLoopConfig(backend=backend)) as ev, _socketpairs(4) as pairs:
+        for token, (a, b) in enumerate(pairs):
+            a.setblocking(False)
+            ev.register(a, token, R, PollOpt.EDGE)
+            b.send(b"x")
+        seen: list[int] = []
 
-            class H(Handler):
-                def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
-                    seen.append(token)
-                    if len(seen) == 2:
-                        raise Boom
+        class H(Handler):
+            def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
+                seen.append(token)
+                if len(seen) == 2:
+                    raise Boom
 
-            # Wait until all four are ready at once (one batch).
-            time.sleep(0.05)
-            with pytest.raises(Boom):
-                ev.run_once(H(), timeout=5)
-            assert len(seen) == 2
-            ev.run_once(H(), timeout=5)  # the kept events, without waiting
-            # Edge-triggered and undrained: nothing more, whatever we wait.
-            ev.run_once(H(), timeout=0.1)
-            assert sorted(seen) == [0, 1, 2, 3]
-        finally:
-            for a, b in pairs:
-                a.close()
-                b.close()
+        # Wait until all four are ready at once (one batch).
+        time.sleep(0.05)
+        with pytest.raises(Boom):
+            ev.run_once(H(), timeout=5)
+        assert len(seen) == 2
+        ev.run_once(H(), timeout=5)  # the kept events, without waiting
+        # Edge-triggered and undrained: nothing more, whatever we wait.
+        ev.run_once(H(), timeout=0.1)
+        assert sorted(seen) == [0, 1, 2, 3]
 
 
 def test_kept_events_of_deregistered_sources_are_dropped(backend: str) -> None:
-    with EventLoop(EventLoopConfig(backend=backend)) as ev:
-        pairs = [socket.socketpair() for _ in range(3)]
-        try:
-            for token, (a, b) in enumerate(pairs):
-                ev.register(a, token, R, PollOpt.EDGE)
-                b.send(b"x")
-            seen: list[int] = []
+    with EventLoop(EventLoopConfig(backend=backend)) as ev, _socketpairs(3) as pairs:
+        for token, (a, b) in enumerate(pairs):
+            ev.register(a, token, R, PollOpt.EDGE)
+            b.send(b"x")
+        seen: list[int] = []
 
-            class H(Handler):
-                def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
-                    seen.append(token)
-                    if len(seen) == 1:
-                        raise Boom
+        class H(Handler):
+            def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
+                seen.append(token)
+                if len(seen) == 1:
+                    raise Boom
 
-            time.sleep(0.05)
-            with pytest.raises(Boom):
-                ev.run_once(H(), timeout=5)
-            for token, (a, _) in enumerate(pairs):
-                if token not in seen:
-                    ev.deregister(a)
-            ev.run_once(H(), timeout=0.05)
-            assert len(seen) == 1
-        finally:
-            for a, b in pairs:
-                a.close()
-                b.close()
+        time.sleep(0.05)
+        with pytest.raises(Boom):
+            ev.run_once(H(), timeout=5)
+        for token, (a, _) in enumerate(pairs):
+            if token not in seen:
+                ev.deregister(a)
+        ev.run_once(H(), timeout=0.05)
+        assert len(seen) == 1
 
 
 def test_event_of_a_source_deregistered_earlier_in_the_iteration_is_dropped(
@@ -614,31 +615,25 @@ def test_event_of_a_source_deregistered_earlier_in_the_iteration_is_dropped(
     """Both sockets are ready in one wait; whichever the loop dispatches first
     deregisters and closes the other, whose event is then in hand but must not
     reach the handler (the dispatch finds no registration at that fd)."""
-    with EventLoop(EventLoopConfig(backend=backend)) as ev:
-        pairs = [socket.socketpair() for _ in range(2)]
-        try:
-            for token, (a, b) in enumerate(pairs):
-                ev.register(a, 10 + token, R, PollOpt.EDGE)
-                b.send(b"x")
-            seen: list[int] = []
+    with EventLoop(EventLoopConfig(backend=backend)) as ev, _socketpairs(2) as pairs:
+        for token, (a, b) in enumerate(pairs):
+            ev.register(a, 10 + token, R, PollOpt.EDGE)
+            b.send(b"x")
+        seen: list[int] = []
 
-            class H(Handler):
-                def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
-                    seen.append(token)
-                    other = pairs[1 - (token - 10)][0]
-                    if other.fileno() >= 0:
-                        loop.deregister(other)
-                        other.close()
+        class H(Handler):
+            def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
+                seen.append(token)
+                other = pairs[1 - (token - 10)][0]
+                if other.fileno() >= 0:
+                    loop.deregister(other)
+                    other.close()
 
-            time.sleep(0.05)
-            ev.run_once(H(), timeout=5)
-            assert len(seen) == 1
-            ev.run_once(H(), timeout=0.05)
-            assert len(seen) == 1
-        finally:
-            for a, b in pairs:
-                a.close()
-                b.close()
+        time.sleep(0.05)
+        ev.run_once(H(), timeout=5)
+        assert len(seen) == 1
+        ev.run_once(H(), timeout=0.05)
+        assert len(seen) == 1
 
 
 @pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll only")
