@@ -872,11 +872,7 @@ def serve(kind: str, port: int, cpu: int | None) -> int:
 def _utime(pid: int) -> tuple[int, int, int]:
     """utime, stime (clock ticks, split by tick sampling) and total run time (ns, exact)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    try:
-        run_ns = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
-    except OSError:
-        run_ns = 0
-    return int(fields[11]), int(fields[12]), run_ns
+    return int(fields[11]), int(fields[12]), usertime.run_ns(pid) or 0
 
 
 @contextlib.contextmanager
