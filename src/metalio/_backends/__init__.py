@@ -45,10 +45,31 @@ The contract between ``Poll`` and a backend:
     Release the kernel object and every internal descriptor.  Never called
     while another thread is inside ``poll``.
 
-Attributes: ``name`` (``"epoll"`` ...), ``emulates_edge`` (the registry must
-install ``_rearm`` hooks on metalio sources registered EDGE, and then calls
-``rearm(fd, direction)``), ``concurrent_poll`` (several threads may poll at
-once).
+Facts, as class attributes (the layers above read these, never the name):
+
+``name``
+    ``"epoll"``, ``"kqueue"``, ``"poll"`` or ``"select"``: for people, not for
+    decisions.
+``emulates_edge``
+    EDGE is built in user space: the registry must install ``_rearm`` hooks
+    on metalio sources registered EDGE, which call ``rearm(fd, direction)``
+    when a ``try_*`` call would block.
+``concurrent_poll``
+    Several threads may be inside ``poll`` at once.
+``unique_fds``
+    One ``poll`` result names each descriptor at most once, so an event loop
+    needs no per-token merging while no token is shared.
+``exact_edges``
+    Native edge triggering: after a read or write that left the kernel
+    buffer empty (full), the next change queues a new event.  Readiness
+    tracking relies on it (``metalio._readiness``).
+``closing_mask``
+    The native bits that report hang-up or an error; an event carrying any
+    of them switches readiness tracking off for that source.
+``native_masks``
+    Every native mask ``poll`` can return for a metalio registration, when
+    the backend can list them (readiness tables are then filled up front);
+    ``None`` when masks are only known as they are seen.
 """
 
 from __future__ import annotations
@@ -70,6 +91,10 @@ class Backend(Protocol):
     name: ClassVar[str]
     emulates_edge: ClassVar[bool]
     concurrent_poll: ClassVar[bool]
+    unique_fds: ClassVar[bool]
+    exact_edges: ClassVar[bool]
+    closing_mask: ClassVar[int]
+    native_masks: ClassVar[tuple[int, ...] | None]
 
     def register(self, fd: int, interest: int, opts: int) -> None: ...
     def reregister(self, fd: int, interest: int, opts: int) -> None: ...

@@ -252,6 +252,11 @@ class EmulatedBackend:
     name: ClassVar[str] = "emulated"
     emulates_edge: ClassVar[bool] = True
     concurrent_poll: ClassVar[bool] = False
+    unique_fds: ClassVar[bool] = True
+    # Edges are rebuilt from levels here: a short read says nothing to the probe.
+    exact_edges: ClassVar[bool] = False
+    closing_mask: ClassVar[int] = POLLERR | POLLHUP | POLLRDHUP | POLLNVAL
+    native_masks: ClassVar[tuple[int, ...] | None] = None
 
     __slots__ = (
         "_closed",

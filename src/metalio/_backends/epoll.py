@@ -75,6 +75,13 @@ _REQUEST: Final = tuple(
     ((_IN | _RDHUP) if i & 1 else 0) | (_OUT if i & 2 else 0) | (_PRI if i & 4 else 0)
     for i in range(8)
 )
+# The kernel ANDs every event with the entry's requested bits, which are built
+# from IN, RDHUP, OUT and PRI, plus the ERR and HUP that epoll_ctl always adds:
+# every subset of those six is a mask poll() may return, and nothing else is.
+_NATIVE_MASKS: Final = tuple(
+    sum(bit for k, bit in enumerate((_IN, _PRI, _OUT, _ERR, _HUP, _RDHUP)) if m >> k & 1)
+    for m in range(64)
+)
 # PollOpt bits (LEVEL=1, EDGE=2, ONESHOT=4) -> epoll trigger bits.
 _TRIGGER: Final = tuple((_ET if o & 2 else 0) | (_ONESHOT if o & 4 else 0) for o in range(8))
 
@@ -85,6 +92,10 @@ class EpollBackend:
     name: ClassVar[str] = "epoll"
     emulates_edge: ClassVar[bool] = False
     concurrent_poll: ClassVar[bool] = True
+    unique_fds: ClassVar[bool] = True
+    exact_edges: ClassVar[bool] = True
+    closing_mask: ClassVar[int] = _ERR | _HUP | _RDHUP
+    native_masks: ClassVar[tuple[int, ...] | None] = _NATIVE_MASKS
 
     __slots__ = ("_ctl_modify", "_ctl_register", "_ctl_unregister", "_epoll", "_wake_fd", "poll")
 

@@ -193,6 +193,12 @@ class KqueueBackend:
     name: ClassVar[str] = "kqueue"
     emulates_edge: ClassVar[bool] = False
     concurrent_poll: ClassVar[bool] = True
+    # Merged per fd within one call, but receipts kept from a registration
+    # call come back in a later poll on their own: stay on the merging path.
+    unique_fds: ClassVar[bool] = False
+    exact_edges: ClassVar[bool] = True
+    closing_mask: ClassVar[int] = _N_READ_EOF | _N_WRITE_EOF | _N_ERROR
+    native_masks: ClassVar[tuple[int, ...] | None] = None
 
     __slots__ = (
         "_ADD",
