@@ -135,7 +135,7 @@ def notify_metalio(n: int) -> tuple[float, int]:
         loop.run(handler)
         dt = time.perf_counter() - t0
         th.join()
-        return dt, loop._notify.wakes
+        return dt, loop._channel.wakes
 
 
 def notify_asyncio_like(new_loop: Callable[[], asyncio.AbstractEventLoop], n: int) -> float:

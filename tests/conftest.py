@@ -15,7 +15,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import metalio
-from metalio._backends import available_backends
+import metalio._wakefd
+import metalio.channel
+import metalio.waker
+from metalio._backends import Backend, available_backends, open_backend
+from metalio._wakefd import WakeFd
 
 
 def _backend_names() -> list[str]:
@@ -35,7 +39,8 @@ def _backend_names() -> list[str]:
 BACKENDS = _backend_names()
 
 
-def open_poll(name: str) -> metalio.Poll:
+def open_backend_object(name: str) -> Backend:
+    """A backend object by name, the fake kqueue included (``Poll.over_backend`` takes it)."""
     if name == "kqueue-fake":
         spec = importlib.util.spec_from_file_location(
             "fake_kqueue", os.path.join(os.path.dirname(__file__), "fake_kqueue.py")
@@ -45,8 +50,25 @@ def open_poll(name: str) -> metalio.Poll:
         spec.loader.exec_module(module)
         from metalio._backends.kqueue import KqueueBackend
 
-        return metalio.Poll._from_backend(KqueueBackend(select_module=module))
-    return metalio.Poll(backend=name)
+        return KqueueBackend(select_module=module)
+    return open_backend(name)
+
+
+# The backend object under each Poll that open_poll made, by id(poll), for
+# tests that compare the registry with the kernel's (the backend's) view.
+_backend_of: dict[int, Backend] = {}
+
+
+def open_poll(name: str) -> metalio.Poll:
+    backend = open_backend_object(name)
+    poll = metalio.Poll.over_backend(backend)
+    _backend_of[id(poll)] = backend
+    return poll
+
+
+def backend_of(poll: metalio.Poll) -> Backend:
+    """The backend object under a Poll made by :func:`open_poll`."""
+    return _backend_of[id(poll)]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -99,3 +121,44 @@ def drain(sock: socket.socket) -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+# -- wake-up descriptors ---------------------------------------------------------------
+
+
+class WakeFds(list):  # type: ignore[type-arg]
+    """Every ``WakeFd`` the Waker and the notify channel create while the fixture is active."""
+
+    def no_eventfd(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make new WakeFds socket pairs, as on a system without eventfd (the BSDs)."""
+        monkeypatch.setattr(metalio._wakefd, "_HAS_EVENTFD", False)
+
+
+def fill_wakefd(wakefd: WakeFd) -> None:
+    """Fill *wakefd* to the brim: a socket pair until EAGAIN, an eventfd to its maximum."""
+    if wakefd.is_eventfd:
+        os.eventfd_write(wakefd.writer_fileno(), (1 << 64) - 2)
+        return
+    filled = 0
+    try:
+        while True:
+            filled += os.write(wakefd.writer_fileno(), b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    assert filled > 0
+
+
+@pytest.fixture
+def wakefds(monkeypatch: pytest.MonkeyPatch) -> WakeFds:
+    made = WakeFds()
+
+    class Recorded(WakeFd):
+        __slots__ = ()
+
+        def __init__(self, **kwargs: bool) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    for module in (metalio.waker, metalio.channel):
+        monkeypatch.setattr(module, "WakeFd", Recorded)
+    return made

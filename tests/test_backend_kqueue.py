@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import fake_kqueue as fk
+from conftest import WakeFds
 from metalio import Events, Interest, Poll, PollOpt, Ready, Waker
 from metalio._backends import kqueue as kqmod
 from metalio._backends.kqueue import KqueueBackend
@@ -767,7 +768,7 @@ def test_fileno_is_the_kqueue_and_nests(
 
 
 def test_smoke_socketpair_through_poll() -> None:
-    with Poll._from_backend(KqueueBackend(select_module=fk)) as p:
+    with Poll.over_backend(KqueueBackend(select_module=fk)) as p:
         assert p.backend == "kqueue"
         a, b = socket.socketpair()
         try:
@@ -792,11 +793,11 @@ def test_smoke_socketpair_through_poll() -> None:
             b.close()
 
 
-def test_waker_socketpair_path_as_on_bsd(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waker_socketpair_path_as_on_bsd(monkeypatch: pytest.MonkeyPatch, wakefds: WakeFds) -> None:
     # No eventfd outside Linux: the Waker registers a socketpair EDGE instead.
-    monkeypatch.delattr(os, "eventfd")
-    with Poll._from_backend(KqueueBackend(select_module=fk)) as p, Waker(p.registry, 3) as waker:
-        assert waker._rsock is not None
+    wakefds.no_eventfd(monkeypatch)
+    with Poll.over_backend(KqueueBackend(select_module=fk)) as p, Waker(p.registry, 3) as waker:
+        assert not wakefds[0].is_eventfd
         got: list[dict[int, Ready]] = []
         t = threading.Thread(target=lambda: got.append(collect(p, 5)))
         t.start()

@@ -82,7 +82,7 @@ def send_retrying(tx: Sender[Any], msg: Any, deadline: float) -> None:
 def test_fifo_exactly_once_from_four_threads(mode: str, backend: str) -> None:
     threads_n, per_thread = 4, 5000
     with make_loop(backend) as loop:
-        assert loop._notify.locked == (mode == "locked")
+        assert loop._channel.locked == (mode == "locked")
         h = Collect(threads_n * per_thread)
         deadline = time.monotonic() + 30
         start = threading.Barrier(threads_n)
@@ -106,7 +106,7 @@ def test_fifo_exactly_once_from_four_threads(mode: str, backend: str) -> None:
         for tid in range(threads_n):
             mine = [i for t, i in h.got if t == tid]
             assert mine == list(range(per_thread))  # each sender's order kept
-        assert len(loop._notify.credits) == loop._notify.capacity  # every credit back
+        assert len(loop._channel.credits) == loop._channel.capacity  # every credit back
 
 
 class _EqualToEverything:
@@ -140,7 +140,7 @@ def test_messages_are_never_compared() -> None:
         assert [m is weird for m in h.got] == [True, False, False, False]
         assert [m is boom for m in h.got] == [False, False, True, False]
         assert h.got[1] == 1 and h.got[3] == 2
-        assert len(loop._notify.credits) == 8  # every credit back
+        assert len(loop._channel.credits) == 8  # every credit back
 
 
 def test_send_from_handler_arrives_next_iteration() -> None:
@@ -212,7 +212,7 @@ def test_pending_messages_do_not_wait() -> None:
 def test_prompt_wake_from_another_thread(mode: str, backend: str) -> None:
     with make_loop(backend) as loop:
         tx = loop.channel()
-        core = loop._notify
+        core = loop._channel
         sent_at: list[float] = []
 
         def sender() -> None:
@@ -240,7 +240,7 @@ def test_no_wake_syscalls_while_busy(mode: str) -> None:
     """Sends to a loop that is not sleeping cost no wake-up at all."""
     with make_loop(notify_capacity=5000) as loop:
         tx = loop.channel()
-        core = loop._notify
+        core = loop._channel
         inside = threading.Event()
         release = threading.Event()
 
@@ -274,7 +274,7 @@ def test_wakes_coalesce_for_a_sleeping_loop(mode: str) -> None:
     """A burst sent to a sleeping loop writes the awakener once."""
     with make_loop() as loop:
         tx = loop.channel()
-        core = loop._notify
+        core = loop._channel
         core.sleeping = True  # as the loop sets it right before blocking
         for i in range(1000):
             tx.send(i)
@@ -318,7 +318,7 @@ def test_send_in_the_sleep_window_is_not_stranded(mode: str) -> None:
         assert sent == ["x"]
         assert h.got == ["in the window"]
         assert time.monotonic() - t0 < 10
-        assert loop._notify.wakes == 0  # not woken: it never slept
+        assert loop._channel.wakes == 0  # not woken: it never slept
 
 
 def test_handshake_stress(mode: str) -> None:
@@ -401,7 +401,7 @@ def test_capacity_bound_is_exact_under_concurrency(mode: str) -> None:
             th.join(10)
         assert len(ok) == capacity
         assert len(full) == 8 * 50 - capacity
-        assert len(loop._notify.queue) == capacity
+        assert len(loop._channel.queue) == capacity
 
 
 def test_capacity_while_blocked_in_notify() -> None:
@@ -526,13 +526,13 @@ def test_the_handshake_matches_the_build(mode: str) -> None:
             tx.send("x")
             sent.set()
 
-        with loop._notify.lock:
+        with loop._channel.lock:
             th = threading.Thread(target=send)
             th.start()
             blocked = not sent.wait(0.5 if mode == "locked" else 10)
         th.join(10)
         assert blocked == (mode == "locked")
-        assert sent.is_set() and list(loop._notify.queue) == ["x"]
+        assert sent.is_set() and list(loop._channel.queue) == ["x"]
 
 
 def test_subclasses_may_override_send() -> None:
@@ -543,10 +543,10 @@ def test_subclasses_may_override_send() -> None:
             self.count = getattr(self, "count", 0) + 1
 
     with make_loop() as loop:
-        tx = Counting(loop._notify)
+        tx = Counting(loop._channel)
         tx.send(1)
         tx.send(2)
-        assert tx.count == 2 and not loop._notify.queue
+        assert tx.count == 2 and not loop._channel.queue
 
 
 @pytest.fixture(autouse=True)

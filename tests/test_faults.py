@@ -3,8 +3,9 @@ full wake-up channels, and closing under a blocked thread.
 
 Kernel failures are simulated through the backend interface
 (``metalio._backends``): a ``Faulty`` proxy wraps a Poll's backend object
-(``poll._backend``, ``poll._backend_poll`` and the registry's ``_backend``)
-and raises a planned ``OSError`` *before* the real call, exactly as a kernel
+(the Poll is built over it with ``Poll.over_backend``; with no faults
+planned it is transparent) and raises a planned ``OSError`` *before* the
+real call, exactly as a kernel
 that refused the request would.  Afterwards the token table, the kernel's
 view (``/proc/self/fdinfo`` of the epoll fd; the emulated backends' records;
 the fake kqueue's knotes) and the events that come back must tell one story.
@@ -33,8 +34,7 @@ from typing import Any
 
 import pytest
 
-import metalio.loop
-from conftest import BACKENDS, open_fds, open_poll
+from conftest import BACKENDS, WakeFds, fill_wakefd, open_backend_object, open_fds
 from metalio import (
     EventLoop,
     EventLoopConfig,
@@ -46,6 +46,7 @@ from metalio import (
     Ready,
     Waker,
 )
+from metalio._wakefd import WakeFd
 from metalio.net import UnixStream
 
 R, W = Interest.READABLE, Interest.WRITABLE
@@ -106,13 +107,22 @@ class Faulty:
         return result
 
 
-def inject(poll: Poll) -> Faulty:
-    faulty = Faulty(poll._backend)
+# The Faulty proxy under each Poll this module opened, by id(poll).
+_faulty: dict[int, Faulty] = {}
+
+
+def open_poll(name: str) -> Poll:
+    """A Poll over a Faulty proxy of the backend *name* (transparent until planned)."""
+    faulty = Faulty(open_backend_object(name))
     proxy: Any = faulty  # duck-typed: stands in for the Backend protocol
-    poll._backend = proxy
-    poll._backend_poll = faulty.poll
-    poll.registry._backend = proxy
-    return faulty
+    poll = Poll.over_backend(proxy)
+    _faulty[id(poll)] = faulty
+    return poll
+
+
+def inject(poll: Poll) -> Faulty:
+    """The Faulty proxy under *poll* (made by this module's ``open_poll``)."""
+    return _faulty[id(poll)]
 
 
 def fault(code: int) -> OSError:
@@ -124,8 +134,7 @@ def fault(code: int) -> OSError:
 
 def kernel_view(poll: Poll, fd: int) -> object:
     """The backend's own record of *fd* (``None``: not registered there)."""
-    backend: Any = poll._backend
-    backend = getattr(backend, "real", backend)
+    backend: Any = inject(poll).real
     name = poll.backend
     if name == "epoll":
         with open(f"/proc/self/fdinfo/{backend._epoll.fileno()}") as f:
@@ -145,7 +154,7 @@ def kernel_view(poll: Poll, fd: int) -> object:
 
 
 def table_row(poll: Poll, fd: int) -> tuple[int, int, int] | None:
-    row = poll.registry._table.get(fd)
+    row = poll.registry.row(fd)
     return None if row is None else (row.token, row.interest, row.opts)
 
 
@@ -229,7 +238,7 @@ def test_failed_register_over_a_stale_row_keeps_the_table_consistent(
             faulty.plan["register"].append(fault(code))
             with pytest.raises(OSError):
                 poll.registry.register(new_a, 2, R)
-            row = poll.registry._table.get(fd)
+            row = poll.registry.row(fd)
             assert row is None or row.source is not new_a
             poll.registry.register(new_a, 2, R)
             new_b.send(b"x")
@@ -328,7 +337,7 @@ def test_failed_register_never_lends_its_token(backend_name: str) -> None:
     # unacceptable: an event carrying token 2, which was never registered.
     a, b = socket.socketpair()
     try:
-        with Poll(backend=backend_name) as poll:
+        with open_poll(backend_name) as poll:
             poll.registry.register(a.fileno(), 1, R)
             b.send(b"x")
             faulty = inject(poll)
@@ -380,22 +389,12 @@ def test_failed_poll_loses_nothing_and_leaks_nothing(
 
 
 @pytest.fixture
-def loop_with_faults(
-    monkeypatch: pytest.MonkeyPatch, loop_backend: str
-) -> Iterator[tuple[Any, Any]]:
+def loop_with_faults(loop_backend: str) -> Iterator[tuple[Any, Any]]:
     """An EventLoop whose Poll has a Faulty backend (installed before the loop reads it)."""
-    holder: list[Faulty] = []
-
-    def make_poll(name: str | None) -> Poll:
-        p = Poll(name)
-        holder.append(inject(p))
-        return p
-
-    monkeypatch.setattr(metalio.loop, "Poll", make_poll)
-    loop = EventLoop(EventLoopConfig(backend=loop_backend))
-    monkeypatch.undo()
+    poll = open_poll(loop_backend)
+    loop = EventLoop(EventLoopConfig(backend=loop_backend), poll=poll)
     try:
-        yield loop, holder[0]
+        yield loop, inject(poll)
     finally:
         loop.close()
 
@@ -732,7 +731,9 @@ def test_handler_exceptions_lose_and_duplicate_nothing(
 # -- a Waker whose channel is full ----------------------------------------------------------
 
 
-def test_full_waker_still_wakes(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_waker_still_wakes(
+    backend: str, monkeypatch: pytest.MonkeyPatch, wakefds: WakeFds
+) -> None:
     # On poll/select (ONESHOT socketpair) and kqueue (EDGE socketpair, drained
     # by wake() when full) the Waker writes bytes; on epoll it adds to an
     # eventfd counter.  Fill it.  (On Linux the fake kqueue would get an
@@ -743,26 +744,17 @@ def test_full_waker_still_wakes(backend: str, monkeypatch: pytest.MonkeyPatch) -
     #   wake-up, an event storm.
     with open_poll(backend) as poll:
         if backend == "kqueue-fake":
-            monkeypatch.delattr(os, "eventfd")
+            wakefds.no_eventfd(monkeypatch)
         waker = Waker(poll.registry, 42)
-        monkeypatch.undo()
+        (wakefd,) = wakefds
         if backend == "kqueue-fake":
-            assert waker._wsock is not None
-        _fill_and_wake(poll, waker)
+            assert not wakefd.is_eventfd
+        _fill_and_wake(poll, waker, wakefd)
         waker.close()
 
 
-def _fill_and_wake(poll: Poll, waker: Waker) -> None:
-    if waker._wsock is not None:
-        filled = 0
-        try:
-            while True:
-                filled += waker._wsock.send(b"\0" * 65536)
-        except BlockingIOError:
-            pass
-        assert filled > 0
-    else:
-        os.eventfd_write(waker._eventfd, (1 << 64) - 2)  # the counter's maximum
+def _fill_and_wake(poll: Poll, waker: Waker, wakefd: WakeFd) -> None:
+    fill_wakefd(wakefd)
     assert tokens(poll, 2) == [42]
     errors: list[BaseException] = []
 
@@ -789,21 +781,14 @@ def _fill_and_wake(poll: Poll, waker: Waker) -> None:
         later.join(10)
 
 
-def test_full_loop_awakener_still_delivers(loop_backend: str) -> None:
+def test_full_loop_awakener_still_delivers(loop_backend: str, wakefds: WakeFds) -> None:
     # The EventLoop's own wake-up channel (poll/select: a socketpair) filled
     # to the brim before the loop sleeps.
     # acceptable: every message still reaches notify(), promptly, in order.
     # unacceptable: a send that raises, a loop that sleeps on a pending message.
     with EventLoop(EventLoopConfig(backend=loop_backend)) as loop:
-        awakener = loop._notify.awakener
-        if awakener._wsock is not None:
-            try:
-                while True:
-                    awakener._wsock.send(b"\0" * 65536)
-            except BlockingIOError:
-                pass
-        else:
-            os.eventfd_write(awakener._eventfd, (1 << 64) - 2)
+        (awakener,) = wakefds
+        fill_wakefd(awakener)
         got: list[int] = []
 
         class H(Handler):

@@ -42,7 +42,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import metalio
-from conftest import open_fds
+from conftest import backend_of, open_fds, open_poll
 from metalio import (
     EventLoop,
     EventLoopConfig,
@@ -210,7 +210,7 @@ sizes = junk.filter(_sane_size) | st.integers(min_value=-2, max_value=70000)
 
 def backend_fds(poll: Poll) -> set[int]:
     """The descriptors the backend itself watches (the kernel's view for epoll)."""
-    backend: Any = poll._backend
+    backend: Any = backend_of(poll)
     if poll.backend == "epoll":
         with open(f"/proc/self/fdinfo/{backend._epoll.fileno()}") as f:
             return {int(m) for m in re.findall(r"tfd:\s*(\d+)", f.read())}
@@ -274,7 +274,7 @@ def test_registry(backend: str, ops: list[tuple[str, Any, Any, Any, Any]]) -> No
         extra = live[3]
         live[3] = extra[0]
         try:
-            with Poll(backend=backend) as poll:
+            with open_poll(backend) as poll:
                 reg = poll.registry
                 registered: dict[int, tuple[int, int]] = {}
                 sources: list[Any] = []
@@ -285,7 +285,7 @@ def test_registry(backend: str, ops: list[tuple[str, Any, Any, Any, Any]]) -> No
                         fd = int(src) if _int_like(src) else src.fileno()
                     except Exception:
                         fd = None
-                    before = dict(reg._table)
+                    before = reg.rows()
                     if op == "deregister":
                         ok, exc = attempt(reg.deregister, src)
                     else:
@@ -295,7 +295,7 @@ def test_registry(backend: str, ops: list[tuple[str, Any, Any, Any, Any]]) -> No
                         expected = arg_error(token, interest, opts)
                         if expected is not None:
                             assert not ok and type(exc) is expected, (token, interest, opts, exc)
-                    table = reg._table
+                    table = reg.rows()
                     # The kernel's (backend's) view agrees with the table.
                     assert backend_fds(poll) & live_fds == set(table) & live_fds
                     if not ok:
@@ -315,7 +315,7 @@ def test_registry(backend: str, ops: list[tuple[str, Any, Any, Any, Any]]) -> No
                 assert {fd: (r.token, r.interest) for fd, r in table.items()} == registered
                 for src in [*live, *sources]:
                     attempt(reg.deregister, src)
-                assert len(reg._table) == 0
+                assert len(reg.rows()) == 0
         finally:
             for a, b in pairs:
                 a.close()
@@ -349,7 +349,7 @@ def test_poll_and_events(backend: str, capacity: Any, timeout: Any, events_arg: 
                 if ok:
                     assert n == len(events) >= 1
                 attempt(poll.poll, events_arg, 0)
-                assert len(poll.registry._table) == 1
+                assert len(poll.registry.rows()) == 1
             for closed in CLOSED:
                 if isinstance(closed, Poll):
                     attempt(closed.poll, events, timeout)
@@ -367,10 +367,10 @@ def test_waker(backend: str, registry: Any, token: Any) -> None:
             ok, waker = attempt(Waker, target, token)
             if ok:
                 waker.wake()
-                assert len(poll.registry._table) == 1
+                assert len(poll.registry.rows()) == 1
                 waker.close()
                 attempt(waker.wake)
-            assert len(poll.registry._table) == 0
+            assert len(poll.registry.rows()) == 0
 
 
 # Edge values the fuzzers found (and the fixes they led to): a descriptor
@@ -389,7 +389,7 @@ def test_out_of_range_descriptor_is_a_value_error(backend: str, fd: Any) -> None
             reg.reregister(fd, 1, Interest.READABLE)
         with pytest.raises(FileNotFoundError):
             reg.deregister(fd)
-        assert len(reg._table) == 0
+        assert len(reg.rows()) == 0
     with Poll(backend=backend) as poll:
         ok, exc = attempt(poll.registry.register, 2**31 - 1, 1, Interest.READABLE)
         assert not ok and isinstance(exc, OSError)  # EBADF: the largest number, not open
@@ -514,10 +514,11 @@ def test_timer(
         if op == "set":
             ok, handle = attempt(timer.set_timeout, arg, "payload")
             if ok:
+                assert not isinstance(arg, bool), arg
                 assert isinstance(arg, numbers.Real) and 0 <= float(arg) < math.inf, arg
                 handles.append(handle)
                 pending += 1
-            elif not isinstance(arg, numbers.Real):
+            elif isinstance(arg, bool) or not isinstance(arg, numbers.Real):
                 assert type(handle) is TypeError
             elif not 0 <= float(arg) < math.inf or float(arg) > 1e300:
                 assert type(handle) is ValueError
@@ -596,7 +597,7 @@ def test_event_loop_methods(
         with EventLoop(EventLoopConfig(notify_capacity=2)) as loop:
 
             def user_rows() -> int:  # internal descriptors carry negative tokens
-                return sum(row.token >= 0 for row in loop.registry._table.values())
+                return sum(row.token >= 0 for row in loop.registry.rows().values())
 
             ok, t = attempt(loop.timeout, payload, delay)
             assert len(loop._timer) == (1 if ok else 0)

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from metalio import Interest, Poll, PollOpt, Ready
-from metalio._backends import available_backends
+from metalio._backends import available_backends, open_backend
+from metalio._dispatch_index import DispatchIndex
 from metalio.loop import EventLoop, EventLoopConfig, Handler
 
 BACKENDS = ("epoll", "poll", "select")
@@ -170,7 +171,7 @@ def test_handler_defaults_do_nothing() -> None:
         # A bare Handler runs: messages are consumed, nothing breaks.
         ev.channel().send(1)
         ev.run_once(h, timeout=0)
-        assert len(ev._notify.queue) == 0
+        assert len(ev._channel.queue) == 0
 
 
 def test_attributes_and_lifecycle(backend: str) -> None:
@@ -259,6 +260,7 @@ def test_ready_merges_flags_per_token(
     """Two descriptors under one token: one ready call with the union of flags."""
     a, b = pair
     c, d = socket.socketpair()
+    index = DispatchIndex(loop.registry)  # attached as the loop's own is
     try:
         loop.register(a, 7, R)  # readable once b writes
         loop.register(c, 7, W)  # writable at once
@@ -271,10 +273,10 @@ def test_ready_merges_flags_per_token(
             ("ready", 7, Ready.READABLE | Ready.WRITABLE),
             ("ready", 8, Ready.WRITABLE),
         ]
-        assert loop._tracker.shared == {7}
+        assert index.shared == {7}
         # Once the token is no longer shared the fast path is taken again.
         loop.deregister(c)
-        assert loop._tracker.shared == set()
+        assert index.shared == set()
         rec = Recorder()
         loop.run_once(rec, timeout=5)
         assert sorted(rec.kinds("ready")) == [
@@ -288,7 +290,7 @@ def test_ready_merges_flags_per_token(
 
 def _recount(ev: EventLoop) -> dict[int, int]:
     counts: dict[int, int] = {}
-    for reg in ev.poll._table.values():
+    for reg in ev.registry.rows().values():
         counts[reg.token] = counts.get(reg.token, 0) + 1
     return counts
 
@@ -296,6 +298,7 @@ def _recount(ev: EventLoop) -> dict[int, int]:
 def test_token_tracking_matches_the_table(loop: EventLoop) -> None:
     """The shared-token counts follow every path that changes the table."""
     socks = [socket.socket() for _ in range(6)]
+    index = DispatchIndex(loop.registry)
     try:
         loop.register(socks[0], 1, R)
         loop.registry.register(socks[1], 1, R)
@@ -307,8 +310,8 @@ def test_token_tracking_matches_the_table(loop: EventLoop) -> None:
         with pytest.raises(FileNotFoundError):
             loop.reregister(socks[4], 4, R)
         loop.register(socks[4], 3, R)
-        assert loop._tracker.counts == _recount(loop)
-        assert loop._tracker.shared == {2, 3}
+        assert index.counts == _recount(loop)
+        assert index.shared == {2, 3}
         # Closed without deregister, then deregistered by identity.
         socks[4].close()
         loop.deregister(socks[4])
@@ -319,8 +322,8 @@ def test_token_tracking_matches_the_table(loop: EventLoop) -> None:
         socks.append(fresh)
         if fresh.fileno() == fd:
             loop.register(fresh, 9, R)
-        assert loop._tracker.counts == _recount(loop)
-        assert loop._tracker.shared == {k for k, v in _recount(loop).items() if v > 1}
+        assert index.counts == _recount(loop)
+        assert index.shared == {k for k, v in _recount(loop).items() if v > 1}
     finally:
         for s in socks:
             s.close()
@@ -436,11 +439,11 @@ def test_cancelled_earliest_timeout_costs_one_empty_wakeup(backend: str) -> None
         ev.run_once(rec, timeout=0)
         assert rec.kinds("timeout") == []
         # Exact again: the loop now sleeps until the late deadline.
-        assert ev._timer._soonest == ev._timer.deadline_of(late) == clock.now + 1.5
+        assert ev._timer.soonest == ev._timer.deadline_of(late) == clock.now + 1.5
         clock.now += 1.5
         ev.run_once(rec, timeout=0)
         assert rec.kinds("timeout") == [("timeout", "late")]
-        assert ev._timer._soonest == math.inf
+        assert ev._timer.soonest == math.inf
 
 
 def test_timers_with_a_manual_clock(backend: str) -> None:
@@ -642,11 +645,12 @@ def test_refused_registration_leaves_no_dispatch_row(tmp_path: Path) -> None:
     dispatch lists, or a later event at that fd number would reach the handler
     under a token that was never registered."""
     with EventLoop(EventLoopConfig(backend="epoll")) as ev, open(tmp_path / "f", "wb") as f:
+        index = DispatchIndex(ev.registry)
         with pytest.raises(PermissionError):
             ev.register(f, 7, R)
         fd = f.fileno()
-        assert fd not in ev.poll.registry._table
-        assert fd >= len(ev._tokens) or ev._tokens[fd] < 0
+        assert ev.registry.row(fd) is None
+        assert fd >= len(index.tokens) or index.tokens[fd] < 0
 
 
 def test_exception_in_notify(loop: EventLoop) -> None:
@@ -884,13 +888,22 @@ def test_no_descriptor_leak(backend: str) -> None:
 def test_event_for_a_never_registered_fd_is_ignored() -> None:
     """A descriptor number past every registration (only a faulty or fake
     backend reports one) is skipped, not an IndexError out of run_once."""
-    with EventLoop(EventLoopConfig(backend="poll")) as ev:
-        answers = [[(1 << 20, 1)]]
+    answers = [[(1 << 20, 1)]]
 
-        def fake_poll(timeout: float | None, capacity: int) -> list[tuple[int, int]]:
+    class Answering:
+        """The real poll backend, but its waits return the planned answers."""
+
+        def __init__(self) -> None:
+            self.real = open_backend("poll")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        def poll(self, timeout: float | None, capacity: int) -> list[tuple[int, int]]:
             return answers.pop() if answers else []
 
-        ev._hot = (fake_poll, *ev._hot[1:])
+    fake: Any = Answering()
+    with EventLoop(poll=Poll.over_backend(fake)) as ev:
         rec = Recorder()
         ev.run_once(rec, timeout=0)
         assert answers == []  # the fake was asked

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from conftest import BACKENDS, drain, open_poll
-from metalio import Events, Interest, PollOpt
-from metalio.poll import UNREGISTERED
+from metalio import Events, Interest, Poll, PollOpt
+from metalio._backends import open_backend
+from metalio._dispatch_index import DispatchIndex
+from metalio._flags import UNREGISTERED
 
 INTERESTS = [Interest.READABLE, Interest.WRITABLE, Interest.READABLE | Interest.WRITABLE]
 OPTS = [
@@ -64,14 +67,17 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.poll = open_poll(self.backend)
+        self.poll = self.open_poll()
         self.events = Events(64)
         self.slots: list[Slot] = []
         self.next_token = 100
         self.closed_sources: list[socket.socket] = []
         # The EventLoop's dispatch lists: they must mirror the table through
         # every rule, including refused and rolled-back registrations.
-        self.tokens, self.xlates = self.poll.registry._dispatch_lists()
+        self.index = DispatchIndex(self.poll.registry)
+
+    def open_poll(self) -> Poll:
+        return open_poll(self.backend)
 
     def new_pair(self) -> Slot:
         a, b = socket.socketpair()
@@ -204,15 +210,16 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @invariant()
     def dispatch_lists_mirror_the_table(self) -> None:
-        table = self.poll.registry._table
-        assert len(self.tokens) == len(self.xlates)
-        assert all(fd < len(self.tokens) for fd in table)
-        for fd, (token, xlate) in enumerate(zip(self.tokens, self.xlates, strict=True)):
+        table = self.poll.registry.rows()
+        tokens, tables = self.index.tokens, self.index.tables
+        assert len(tokens) == len(tables)
+        assert all(fd < len(tokens) for fd in table)
+        for fd, (token, readiness) in enumerate(zip(tokens, tables, strict=True)):
             row = table.get(fd)
             if row is None:
                 assert token == UNREGISTERED, fd  # the table may be a stale one
             else:
-                assert token == row.token and xlate is row.xlate, fd
+                assert token == row.token and readiness is row.table, fd
 
     @invariant()
     def retired_tokens_never_reused(self) -> None:
@@ -239,18 +246,23 @@ def test_model_catches_a_broken_backend() -> None:
     class Broken(RegistryMachine):
         backend = "epoll"
 
-        def __init__(self) -> None:
-            super().__init__()
-            original = self.poll._backend_poll
+        def open_poll(self) -> Poll:
+            real = open_backend(self.backend)
             seen: set[int] = set()
 
-            def forgetful(timeout: float | None, maxevents: int) -> list[tuple[int, int]]:
-                # report each fd only once ever, as if LEVEL were EDGE|ONESHOT
-                out = [(fd, m) for fd, m in original(timeout, maxevents) if fd not in seen]
-                seen.update(fd for fd, _ in out)
-                return out
+            class Forgetful:
+                """Reports each fd only once ever, as if LEVEL were EDGE|ONESHOT."""
 
-            self.poll._backend_poll = forgetful  # type: ignore[method-assign]
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+                def poll(self, timeout: float | None, maxevents: int) -> list[tuple[int, int]]:
+                    out = [(fd, m) for fd, m in real.poll(timeout, maxevents) if fd not in seen]
+                    seen.update(fd for fd, _ in out)
+                    return out
+
+            fake: Any = Forgetful()
+            return Poll.over_backend(fake)
 
     Broken.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
     with pytest.raises(AssertionError):

@@ -393,6 +393,6 @@ def test_notify_1m_messages() -> None:
         with traced("notify messages"):
             pump(MESSAGES)
         after = settled()
-        assert len(loop._notify.queue) == 0
-        assert len(loop._notify.credits) == 4096  # every credit given back
+        assert len(loop._channel.queue) == 0
+        assert len(loop._channel.credits) == 4096  # every credit given back
     check_flat("notify messages", before, after, MESSAGES)

@@ -52,6 +52,7 @@ from typing import Any
 
 import pytest
 
+from conftest import backend_of, open_poll
 from metalio import (
     EventLoop,
     EventLoopConfig,
@@ -63,6 +64,7 @@ from metalio import (
     Waker,
 )
 from metalio._backends import available_backends
+from metalio._dispatch_index import DispatchIndex
 
 # -- sizes (about 5-12 s per backend here, 2 cores) ---------------------------------
 
@@ -336,7 +338,7 @@ def epoll_interest_list(epfd: int) -> dict[int, int]:
 
 
 def check_kernel(loop: EventLoop, finals: list[Final]) -> None:
-    backend = loop.poll._backend
+    backend = backend_of(loop.poll)
     if loop.poll.backend == "epoll":
         kernel = epoll_interest_list(backend._epoll.fileno())  # type: ignore[attr-defined]
         for f in finals:
@@ -359,8 +361,8 @@ def check_kernel(loop: EventLoop, finals: list[Final]) -> None:
                 assert entry.armed == 1
 
 
-def check_table(loop: EventLoop, finals: list[Final]) -> None:
-    table = loop.registry._table
+def check_table(loop: EventLoop, index: DispatchIndex, finals: list[Final]) -> None:
+    table = loop.registry.rows()
     for f in finals:
         fd = f.sock.fileno()
         if f.token is None:
@@ -372,7 +374,7 @@ def check_table(loop: EventLoop, finals: list[Final]) -> None:
     # The loop's per-token counts (used to decide when flags must be merged)
     # must equal a recount of the table after all that concurrency.
     recount = Counter(row.token for row in table.values())
-    assert loop._tracker.counts == dict(recount)
+    assert index.counts == dict(recount)
 
 
 def synced(handler: StressHandler, k: int) -> bool:
@@ -394,7 +396,10 @@ def wait_for(cond: Callable[[], bool], bound: float, what: str) -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_threads_hammer_a_running_loop(backend: str, fast_switching: None) -> None:
-    loop = EventLoop(EventLoopConfig(backend=backend, notify_capacity=1024))
+    loop = EventLoop(EventLoopConfig(notify_capacity=1024), poll=open_poll(backend))
+    # A second dispatch index on the same registry: the one the loop keeps
+    # is built and attached exactly the same way.
+    index = DispatchIndex(loop.registry)
     handler = StressHandler()
     pairs = [socket.socketpair() for _ in range(REGISTRARS * SOCKETS + POOL)]
     pool = [a for a, _ in pairs[REGISTRARS * SOCKETS :]]
@@ -483,7 +488,7 @@ def test_threads_hammer_a_running_loop(backend: str, fast_switching: None) -> No
         flat = [f for per_thread in finals for f in per_thread]
         flat += [Final(s, None) for s in pool]  # every owner released its pool sockets
         assert len(flat) == len(pairs)
-        check_table(loop, flat)
+        check_table(loop, index, flat)
         check_kernel(loop, flat)
 
         # 4. ... and so do the events: every socket readable now; the kept

@@ -783,9 +783,9 @@ class TimerMachine(RuleBasedStateMachine):
         handle = self.timer.set_timeout(delay, self.seq)
         deadline = self.clock.now + delay
         assert self.timer.deadline_of(handle) == deadline
-        # EventLoop reads _soonest to know how long it may sleep: a lower
+        # EventLoop reads soonest to know how long it may sleep: a lower
         # bound on every pending deadline, so at most this one's.
-        assert self.timer._soonest <= deadline
+        assert self.timer.soonest <= deadline
         self.model[self.seq] = (deadline, handle)
         heapq.heappush(self.heap, (deadline, self.seq))
         return (self.seq, handle)
@@ -882,19 +882,19 @@ class TimerMachine(RuleBasedStateMachine):
     def next_deadline_agrees(self) -> None:
         if not hasattr(self, "timer"):
             return
-        # Before next_deadline() refreshes it: _soonest may be early (after
+        # Before next_deadline() refreshes it: soonest may be early (after
         # fires and cancels), never late.
         if self.model:
-            assert self.timer._soonest <= min(d for d, _ in self.model.values())
+            assert self.timer.soonest <= min(d for d, _ in self.model.values())
         nd = self.timer.next_deadline()
         if not self.model:
             assert nd is None
-            assert self.timer._soonest == math.inf
+            assert self.timer.soonest == math.inf
             return
         # Exactly the earliest deadline (the contract would allow rounding
         # it up to the tick; this wheel does not need to).
         assert nd == min(d for d, _ in self.model.values())
-        assert self.timer._soonest == nd
+        assert self.timer.soonest == nd
 
 
 TestTimerMachine = TimerMachine.TestCase

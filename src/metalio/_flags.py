@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING, Final, NewType
 
 __all__ = [
     "MAX_TOKEN",
+    "NOTIFY_TOKEN",
+    "RESERVED_TOKENS",
+    "SIGNAL_TOKEN",
+    "UNREGISTERED",
     "Interest",
     "PollOpt",
     "Ready",
@@ -56,6 +60,17 @@ Token = NewType("Token", int)
 """A caller-chosen ``int`` in ``0 <= token < 2**63``; metalio only hands it back."""
 
 MAX_TOKEN: Final = 2**63
+
+# Reserved tokens.  Every one is negative, and that is the rule the hot paths
+# rely on: check_token admits only 0 <= token < 2**63, so a dispatcher tells a
+# user's registration from metalio's own with one "token >= 0" test.
+NOTIFY_TOKEN: Final = -1
+"""The notify channel's awakener (``metalio.channel``)."""
+SIGNAL_TOKEN: Final = -2
+"""The signal socket (``metalio._signals``)."""
+UNREGISTERED: Final = -3
+"""A descriptor number with no registration, in the loop's dispatch index."""
+RESERVED_TOKENS: Final = frozenset({NOTIFY_TOKEN, SIGNAL_TOKEN, UNREGISTERED})
 
 
 class Interest(enum.IntFlag):

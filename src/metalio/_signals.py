@@ -9,7 +9,8 @@ signal handler, is write the signal number as one byte to the *wakeup fd*
 (``signal.set_wakeup_fd``), for every signal that has a Python-level handler.
 That byte is what an event loop can poll.
 
-``_SignalSet`` owns a non-blocking socket pair.  Its read end is registered
+``_SignalSet`` owns a ``WakeFd`` in its socket-pair form (the bytes matter
+here, so never an eventfd).  Its read end is registered
 with the loop's Poll under an internal, negative token (level-triggered: the
 loop drains it whenever it reports), its write end becomes the process's
 wakeup fd while at least one signal is added.  ``add(signum)`` installs
@@ -39,20 +40,18 @@ Everything here must run on the main thread (CPython's rule for
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-from ._flags import Interest, PollOpt
+from ._flags import SIGNAL_TOKEN, Interest, PollOpt
+from ._wakefd import WakeFd
 
 if TYPE_CHECKING:
-    from .poll import Registry
+    from .registry import Registry
 
-__all__: list[str] = []
-
-SIGNAL_TOKEN: Final = -2
+__all__ = ["SignalSet", "check_main_thread"]
 
 _PrevHandler: TypeAlias = "Callable[[int, FrameType | None], object] | int | signal.Handlers | None"
 
@@ -61,7 +60,7 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
     """The Python-level handler of added signals: the byte is the delivery."""
 
 
-def _check_main_thread(what: str) -> None:
+def check_main_thread(what: str) -> None:
     if threading.current_thread() is not threading.main_thread():
         raise ValueError(f"{what} only works in the main thread")
 
@@ -77,29 +76,25 @@ def _check_signum(signum: object) -> int:
     return signum
 
 
-class _SignalSet:
+class SignalSet:
     """The added signals of one loop and the socket pair that carries them.
 
     :raises ValueError: not on the main thread.
     :raises OSError: the socket pair could not be created or registered.
     """
 
-    __slots__ = ("_added", "_old_wakeup", "_registry", "_rsock", "_wsock", "closed")
+    __slots__ = ("_added", "_old_wakeup", "_registry", "_wakefd", "closed")
 
     def __init__(self, registry: Registry) -> None:
-        _check_main_thread("signal handling")
-        rsock, wsock = socket.socketpair()
+        check_main_thread("signal handling")
+        wakefd = WakeFd(carries_bytes=True)
         try:
-            rsock.setblocking(False)
-            wsock.setblocking(False)
-            registry._register(rsock, SIGNAL_TOKEN, Interest.READABLE, PollOpt.LEVEL)
+            registry.register_reserved(wakefd, SIGNAL_TOKEN, Interest.READABLE, PollOpt.LEVEL)
         except BaseException:
-            rsock.close()
-            wsock.close()
+            wakefd.close()
             raise
         self._registry = registry
-        self._rsock = rsock
-        self._wsock = wsock
+        self._wakefd = wakefd
         self._added: dict[int, _PrevHandler] = {}
         self._old_wakeup: int | None = None
         self.closed = False
@@ -117,14 +112,16 @@ class _SignalSet:
             signal; the set is closed.
         :raises TypeError: *signum* is not an ``int``.
         """
-        _check_main_thread("add_signal")
+        check_main_thread("add_signal")
         signum = _check_signum(signum)
         if self.closed:
             raise ValueError("the event loop is closed")
         if signum in self._added:
             return
         if self._old_wakeup is None:
-            self._old_wakeup = signal.set_wakeup_fd(self._wsock.fileno(), warn_on_full_buffer=False)
+            self._old_wakeup = signal.set_wakeup_fd(
+                self._wakefd.writer_fileno(), warn_on_full_buffer=False
+            )
         try:
             self._added[signum] = signal.signal(signum, _ignore)
         except BaseException:
@@ -138,7 +135,7 @@ class _SignalSet:
         :raises ValueError: not on the main thread.
         :raises TypeError: *signum* is not an ``int``.
         """
-        _check_main_thread("remove_signal")
+        check_main_thread("remove_signal")
         if isinstance(signum, bool) or not isinstance(signum, int):
             raise TypeError(f"signum must be an int, not {type(signum).__name__}")
         if signum not in self._added:
@@ -159,17 +156,8 @@ class _SignalSet:
 
     def read(self) -> list[int]:
         """Drain the socket; return the added signals among the bytes, in order."""
-        chunks = []
-        try:
-            while True:
-                data = self._rsock.recv(4096)
-                if not data:
-                    break
-                chunks.append(data)
-        except (BlockingIOError, InterruptedError):
-            pass
         added = self._added
-        return [b for chunk in chunks for b in chunk if b in added]
+        return [b for b in self._wakefd.drain() if b in added]
 
     def close(self) -> None:
         """Restore every handler and the wakeup fd, then close the socket pair.
@@ -180,7 +168,7 @@ class _SignalSet:
         if self.closed:
             return
         if self._added:
-            _check_main_thread("closing a loop with signals added")
+            check_main_thread("closing a loop with signals added")
         errors: list[BaseException] = []
         for signum in list(self._added):
             try:
@@ -190,10 +178,9 @@ class _SignalSet:
         self._restore_wakeup()
         self.closed = True
         try:
-            self._registry.deregister(self._rsock)
+            self._registry.deregister(self._wakefd)
         except (ValueError, OSError):
             pass
-        self._rsock.close()
-        self._wsock.close()
+        self._wakefd.close()
         if errors:
             raise errors[0]

@@ -50,6 +50,8 @@ class WakeFd:
 
     __slots__ = ("__weakref__", "_closer", "_eventfd", "_rsock", "_wsock")
 
+    _closer: weakref.finalize[..., WakeFd]
+
     def __init__(self, *, carries_bytes: bool = False, woken: bool = False) -> None:
         self._eventfd = -1
         self._rsock: socket.socket | None = None

@@ -56,9 +56,9 @@ halves of the handshake run under the channel's lock (the loop's "announce
 and re-check" and the sender's "append and read the flag"): the lock orders
 them.  The choice is made once, when the loop is built (``_FREE_THREADED``).
 
-The awakener is an ``eventfd`` registered edge-triggered where the backend
-has native edges (a write queues a new edge, the counter never needs
-reading), else a non-blocking socket pair whose read end is registered
+The awakener is a ``WakeFd`` (``metalio._wakefd``): an ``eventfd``
+registered edge-triggered where the backend has native edges (a write queues
+a new edge, the counter never needs reading), else registered
 level-triggered and drained by the loop when it reports.
 
 Closing
@@ -73,145 +73,48 @@ have its message dropped, as if it had been queued just before the close.
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import threading
-import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from collections.abc import Callable
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import NotifyClosed, NotifyError, NotifyFull
-from ._flags import Interest, PollOpt
+from ._flags import NOTIFY_TOKEN, Interest, PollOpt
+from ._wakefd import WakeFd
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from .poll import Registry
+    from .registry import Registry
 
 __all__ = ["Sender"]
 
 M = TypeVar("M")
 
-# The internal token of the awakener.  User tokens are >= 0, so it can never
-# collide with one.
-NOTIFY_TOKEN: Final = -1
-
 _is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
 _FREE_THREADED: bool = _is_gil_enabled is not None and not _is_gil_enabled()
 
 
-class _Awakener:
-    """The descriptor a ``_Notify`` writes to end the loop's wait.
+class _Notify:
+    """The state one loop shares with all its senders (see the module docstring).
 
-    :raises OSError: no descriptor could be created or registered.
+    The loop's side of it, the internal contract ``EventLoop`` uses:
+
+    * ``queue``: the FIFO of undelivered messages; the loop tests it for
+      emptiness to decide whether it may block;
+    * ``has_senders``: ``channel()`` was called; until then the loop skips
+      the sleep handshake entirely;
+    * :meth:`before_sleep` / ``sleeping = False``: the loop's half of the
+      handshake around a wait that may block;
+    * :meth:`deliver`: the message phase of one iteration;
+    * :meth:`awakened`: the awakener was reported readable;
+    * :meth:`wake`, :meth:`close`.
     """
 
     __slots__ = (
-        "__weakref__",
-        "_close_fd",
-        "_eventfd",
         "_registry",
-        "_rsock",
-        "_wsock",
-        "drain_needed",
-    )
-
-    def __init__(self, registry: Registry, token: int) -> None:
-        self._registry = registry
-        self._eventfd = -1
-        self._close_fd: weakref.finalize[[int], _Awakener] | None = None
-        self._rsock: socket.socket | None = None
-        self._wsock: socket.socket | None = None
-        self.drain_needed = False
-        backend = registry._backend
-        if not backend.emulates_edge and hasattr(os, "eventfd"):
-            fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            try:
-                registry._register(fd, token, Interest.READABLE, PollOpt.EDGE)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._eventfd = fd
-            # A loop dropped without close() must not leak the descriptor; the
-            # finalizer runs at most once, so close() uses it too.
-            self._close_fd = weakref.finalize(self, os.close, fd)
-            return
-        rsock, wsock = socket.socketpair()
-        try:
-            rsock.setblocking(False)
-            wsock.setblocking(False)
-            # Level-triggered and drained by the loop: exact on every backend,
-            # and the drain costs a system call only after a real wake.
-            registry._register(rsock, token, Interest.READABLE, PollOpt.LEVEL)
-        except BaseException:
-            rsock.close()
-            wsock.close()
-            raise
-        self._rsock = rsock
-        self._wsock = wsock
-        self.drain_needed = True
-
-    def wake(self) -> None:
-        """Give the awakener readiness.  Callers serialise this with ``close``."""
-        fd = self._eventfd
-        if fd >= 0:
-            try:
-                os.eventfd_write(fd, 1)
-            except BlockingIOError:
-                # Counter at its maximum (never in practice): reset it; an
-                # edge is pending anyway.
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:
-                    pass
-                os.eventfd_write(fd, 1)
-            return
-        wsock = self._wsock
-        if wsock is not None:
-            try:
-                wsock.send(b"\0")
-            except BlockingIOError:
-                pass  # the buffer is full: the read end is readable already
-
-    def drain(self) -> None:
-        """Empty the socket pair (loop thread, after it reported readable)."""
-        rsock = self._rsock
-        if rsock is None:
-            return
-        try:
-            while rsock.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def close(self) -> None:
-        fd = self._eventfd
-        self._eventfd = -1
-        if fd >= 0:
-            try:
-                self._registry.deregister(fd)
-            except (ValueError, OSError):
-                pass  # the Poll is closed already: closing the fd is what matters
-            if self._close_fd is not None:
-                self._close_fd()
-        rsock, wsock = self._rsock, self._wsock
-        self._rsock = self._wsock = None
-        if rsock is not None:
-            try:
-                self._registry.deregister(rsock)
-            except (ValueError, OSError):
-                pass
-            rsock.close()
-        if wsock is not None:
-            wsock.close()
-
-
-class _Notify:
-    """The state one loop shares with all its senders (see the module docstring)."""
-
-    __slots__ = (
-        "awakener",
+        "_wakefd",
+        "_wakefd_needs_drain",
         "capacity",
         "closed",
         "credits",
@@ -229,18 +132,33 @@ class _Notify:
         self.capacity = capacity
         self.sleeping = False
         self.closed = False
-        # Whether channel() was ever called: until then the loop skips the
-        # sleep announcement entirely.
         self.has_senders = False
         self.locked = _FREE_THREADED
         self.lock = threading.Lock()
         self.wakes = 0  # awakener writes made for sleeping loops (for benchmarks)
-        self.awakener = _Awakener(registry, NOTIFY_TOKEN)
+        self._registry = registry
+        wakefd = WakeFd()
+        # An eventfd on a backend with native edges needs no reading: every
+        # write queues a new edge.  Anything else is level-triggered and
+        # drained when reported: exact on every backend, and the drain costs
+        # a system call only after a real wake.
+        edge = wakefd.is_eventfd and not registry.facts.emulates_edge
+        try:
+            registry.register_reserved(
+                wakefd, NOTIFY_TOKEN, Interest.READABLE, PollOpt.EDGE if edge else PollOpt.LEVEL
+            )
+        except BaseException:
+            wakefd.close()
+            raise
+        self._wakefd = wakefd
+        self._wakefd_needs_drain = not edge
 
     def refusal(self, msg: object) -> NotifyError:
         if self.closed:
             return NotifyClosed(msg, "the event loop is closed")
         return NotifyFull(msg, f"the channel holds {self.capacity} undelivered messages")
+
+    # -- the senders' side ---------------------------------------------------
 
     def wake_sleeper(self) -> None:
         """A sender saw ``sleeping``: wake the loop once per sleep."""
@@ -249,21 +167,62 @@ class _Notify:
                 return
             self.sleeping = False
             self.wakes += 1
-            self.awakener.wake()
+            self._wakefd.wake()
+
+    # -- the loop's side -------------------------------------------------------
+
+    def before_sleep(self) -> bool:
+        """Announce that the loop is about to wait; ``False`` if it must not block.
+
+        Under the GIL the flag store and the re-check of the queue are
+        ordered by the interpreter; without it both run under the lock.
+        """
+        if self.locked:
+            with self.lock:
+                self.sleeping = True
+                return not self.queue
+        self.sleeping = True
+        return not self.queue  # re-check after announcing: see the module docstring
+
+    def deliver(self, loop: Any, notify: Callable[[Any, Any], None] | None, limit: int) -> None:
+        """Hand up to *limit* queued messages to ``notify(loop, msg)``, oldest first.
+
+        The number is fixed when the phase starts, so messages sent from
+        ``notify`` itself wait for the next iteration.  A message stops
+        counting against the capacity when its ``notify`` call starts: its
+        credit goes back first, so a handler that raises loses nothing and
+        leaks no credit.  A plain pop per step: ``iter(popleft, sentinel)``
+        would compare every message with the sentinel through the message's
+        own ``__eq__`` (which may raise, or say "equal" and end the batch
+        with the message lost).
+        """
+        queue = self.queue
+        k = min(len(queue), limit)
+        popleft = queue.popleft
+        if notify is None:
+            for _ in repeat(None, k):
+                popleft()
+            self.credits.extend(repeat(None, k))
+            return
+        give_credit = self.credits.append
+        for _ in repeat(None, k):
+            msg = popleft()
+            give_credit(None)
+            notify(loop, msg)
+
+    def awakened(self) -> None:
+        """The awakener was reported readable (loop thread)."""
+        if self._wakefd_needs_drain:
+            self._wakefd.drain()
 
     def wake(self) -> None:
         """Wake the loop whether or not it sleeps (``shutdown`` from any thread)."""
         with self.lock:
             if not self.closed:
-                self.awakener.wake()
-
-    def announce_sleep(self) -> bool:
-        """Free-threaded form of the loop's half: set ``sleeping``, report an empty queue."""
-        with self.lock:
-            self.sleeping = True
-            return not self.queue
+                self._wakefd.wake()
 
     def close(self) -> None:
+        """Refuse later sends, drop queued messages, release the awakener."""
         with self.lock:
             if self.closed:
                 return
@@ -271,7 +230,12 @@ class _Notify:
             self.sleeping = False
             self.credits.clear()
             self.queue.clear()
-            self.awakener.close()
+            wakefd = self._wakefd
+            try:
+                self._registry.deregister(wakefd)
+            except (ValueError, OSError):
+                pass  # the Poll is closed already: closing the fd is what matters
+            wakefd.close()
 
 
 def _gil_send(core: _Notify) -> Callable[[object], None]:
@@ -309,7 +273,7 @@ def _locked_send(core: _Notify) -> Callable[[object], None]:
             if core.sleeping and not core.closed:
                 core.sleeping = False
                 core.wakes += 1
-                core.awakener.wake()
+                core._wakefd.wake()
 
     return send
 

@@ -92,7 +92,7 @@ deadline of that one bucket.  With a valid cache, ``expired(now)`` for a
 call both on every iteration.
 
 An event loop needs less: a time it may sleep until without missing
-anything.  ``_soonest`` is that, a lower bound on every pending deadline
+anything.  ``soonest`` is that, a lower bound on every pending deadline
 (``inf`` when none is pending): ``set_timeout`` lowers it with one
 comparison, ``next_deadline()`` and ``clear()`` make it exact, and fires and
 cancels leave it where it was, early, which costs a loop at most one
@@ -139,13 +139,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import time
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, Final, TypeAlias
 
-from metalio._errors import TimerError
+from . import _validate
+from ._errors import TimerError
 
 __all__ = ["Timeout", "Timer"]
 
@@ -190,31 +190,6 @@ def _not_a_timeout(value: object) -> TypeError:
     return TypeError(f"expected a Timeout (an int from set_timeout), not {type(value).__name__}")
 
 
-def _real(value: object, what: str) -> float:
-    """Return *value*, a real number that is not an exact ``int``/``float``, as one.
-
-    :raises TypeError: *value* is a ``bool`` or not a real number.
-    """
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be a real number of seconds, not bool")
-    if isinstance(value, int):
-        return int(value)
-    if not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a real number of seconds, not {type(value).__name__}")
-    return float(value)
-
-
-def _delay_error(delay: object) -> Exception:
-    """The exception for a delay that failed ``0 <= delay < inf``."""
-    if not isinstance(delay, numbers.Real):
-        return TypeError(f"delay must be a real number of seconds, not {type(delay).__name__}")
-    if delay != delay:
-        return ValueError("delay must not be NaN")
-    if delay < 0:
-        return ValueError(f"delay must be >= 0, got {delay!r}")
-    return ValueError(f"delay must be finite, got {delay!r}")
-
-
 class Timer:
     """A hashed timing wheel of timeouts carrying arbitrary payloads.
 
@@ -250,8 +225,8 @@ class Timer:
         "_rc",
         "_room",
         "_shift",
-        "_soonest",
         "_tick",
+        "soonest",
     )
 
     def __init__(
@@ -261,17 +236,13 @@ class Timer:
         capacity: int = 65536,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if tick.__class__ is not float:
-            tick = _real(tick, "tick")
-        if not 0 < tick < _INF:
-            raise ValueError(f"tick must be a positive finite number of seconds, got {tick!r}")
-        wheel_size = _count(wheel_size, "wheel_size")
-        capacity = _count(capacity, "capacity")
+        tick = _validate.resolution(tick, "tick")
+        wheel_size = _validate.count(wheel_size, "wheel_size")
+        capacity = _validate.count(capacity, "capacity")
         if not callable(clock):
             raise TypeError(f"clock must be callable, not {type(clock).__name__}")
         origin = clock()
-        if origin.__class__ is not float and origin.__class__ is not int:
-            origin = _real(origin, "clock()")
+        origin = _validate.real(origin, "clock()")
         if not -_INF < origin < _INF:
             raise ValueError(f"clock() must return a finite time, got {origin!r}")
 
@@ -304,7 +275,7 @@ class Timer:
         # long it may sleep: lowered by set_timeout, made exact again by
         # next_deadline() and clear(); fires and cancels may leave it early,
         # which costs the loop at most one wake-up with nothing due.
-        self._soonest: float = _INF
+        self.soonest: float = _INF
 
     # ------------------------------------------------------------------ info
 
@@ -405,19 +376,16 @@ class Timer:
         # tracked by the garbage collector for long: the handle is an int and
         # the (deadline, payload) tuple is untracked by the first collection
         # that finds a payload which cannot hold a cycle.
-        try:
-            if not 0 <= delay < _INF:
-                raise _delay_error(delay)
-        except TypeError:
-            raise _delay_error(delay) from None
+        if delay.__class__ is not float or not 0.0 <= delay < _INF:
+            delay = _validate.delay(delay)
         room = self._room
         if not room:
             raise TimerError(f"too many pending timeouts (capacity {self._capacity})")
         now = self._clock()
         try:
             deadline = now + delay
-            # A float (the tick is one), so float.__trunc__, which is int()
-            # without the constructor's argument handling: 17 ns, not 47.
+            # A float (the tick is one), so float.__trunc__: int() without
+            # the constructor's argument handling, which is most of its cost.
             k = ((deadline - self._origin) / self._tick + _CEIL).__trunc__()
         except OverflowError:
             raise ValueError(
@@ -444,8 +412,8 @@ class Timer:
             else:
                 bucket[timeout] = (deadline, payload)
         self._room = room - 1
-        if deadline < self._soonest:
-            self._soonest = deadline
+        if deadline < self.soonest:
+            self.soonest = deadline
         return timeout
 
     def cancel(self, timeout: Timeout) -> bool:
@@ -501,7 +469,7 @@ class Timer:
         self._room = self._capacity
         self._lo = _NO_TICK
         self._nd = None
-        self._soonest = _INF
+        self.soonest = _INF
 
     def _cascade(self, r: int) -> None:
         """Move far rotation *r*, the earliest one, down to the near level."""
@@ -532,9 +500,6 @@ class Timer:
         """
         try:
             return int((now - self._origin) / self._tick + 1.0)
-        except TypeError:
-            _real(now, "now")
-            raise
         except (ValueError, OverflowError):
             raise ValueError(f"now must be a finite time, got {now!r}") from None
 
@@ -552,13 +517,11 @@ class Timer:
         """
         if now is None:
             now = self._clock()
+        if now.__class__ is not float:
+            now = _validate.seconds(now, "now")
         nd = self._nd
-        if nd is not None:
-            try:
-                if now < nd:
-                    return []
-            except TypeError:
-                pass  # _reach() explains
+        if nd is not None and now < nd:
+            return []
         m = self._reach(now)
         if m < self._lo:
             return []
@@ -577,13 +540,11 @@ class Timer:
         """
         if now is None:
             now = self._clock()
+        if now.__class__ is not float:
+            now = _validate.seconds(now, "now")
         nd = self._nd
-        if nd is not None:
-            try:
-                if now < nd:
-                    return 0
-            except TypeError:
-                pass  # _reach() explains
+        if nd is not None and now < nd:
+            return 0
         m = self._reach(now)
         if m < self._lo:
             return 0
@@ -706,10 +667,10 @@ class Timer:
         """
         nd = self._nd
         if nd is not None:
-            self._soonest = nd
+            self.soonest = nd
             return nd
         if self._room == self._capacity:
-            self._soonest = _INF
+            self.soonest = _INF
             return None
         occ = self._occ
         if not occ:
@@ -732,18 +693,5 @@ class Timer:
             bucket = self._buckets[k]
             self._lo = k
         earliest: float = min(map(_by_deadline, bucket.values()))
-        self._nd = self._soonest = earliest
+        self._nd = self.soonest = earliest
         return earliest
-
-
-def _count(value: object, what: str) -> int:
-    """Validate a positive ``int`` constructor argument.
-
-    :raises TypeError: *value* is not an ``int`` (or is a ``bool``).
-    :raises ValueError: *value* is less than 1.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
-    return int(value)

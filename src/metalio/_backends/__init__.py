@@ -76,15 +76,25 @@ from __future__ import annotations
 
 import select as _stdlib_select
 import sys
-from typing import TYPE_CHECKING, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, NamedTuple, Protocol
+
+from .._validate import MAX_WAIT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["MAX_TIMEOUT", "Backend", "available_backends", "default_backend_name", "open_backend"]
+__all__ = [
+    "MAX_TIMEOUT",
+    "Backend",
+    "Facts",
+    "available_backends",
+    "default_backend_name",
+    "facts_of",
+    "open_backend",
+]
 
-# epoll_wait and poll take an int of milliseconds; anything longer is "block".
-MAX_TIMEOUT: Final = 2_000_000.0
+# epoll_wait and poll take an int of milliseconds; the caller never asks for more.
+MAX_TIMEOUT: Final = MAX_WAIT
 
 
 class Backend(Protocol):
@@ -106,6 +116,31 @@ class Backend(Protocol):
     def fileno(self) -> int: ...
     def interrupt(self) -> None: ...
     def close(self) -> None: ...
+
+
+class Facts(NamedTuple):
+    """A backend's facts (see the module docstring), as the layers above read them."""
+
+    name: str
+    emulates_edge: bool
+    concurrent_poll: bool
+    unique_fds: bool
+    exact_edges: bool
+    closing_mask: int
+    native_masks: tuple[int, ...] | None
+
+
+def facts_of(backend: Backend) -> Facts:
+    """The facts *backend* states as class attributes."""
+    return Facts(
+        backend.name,
+        backend.emulates_edge,
+        backend.concurrent_poll,
+        backend.unique_fds,
+        backend.exact_edges,
+        backend.closing_mask,
+        backend.native_masks,
+    )
 
 
 def _load(name: str) -> Callable[[], Backend]:

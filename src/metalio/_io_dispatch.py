@@ -1,0 +1,125 @@
+"""The event loop's I/O phase: raw ``(fd, native_mask)`` pairs become ``ready`` calls.
+
+What it owns
+------------
+The dispatch index (``metalio._dispatch_index``: fd -> token, fd ->
+readiness table, token counts), and the events of a batch that a handler
+exception left undelivered (*leftovers*), which the loop hands out again
+before it waits.
+
+The rules
+---------
+* ``ready(loop, token, ready)`` at most once per token per batch.  While no
+  token is shared and the backend names each fd once per batch
+  (``Facts.unique_fds``), every event is its own call, looked up in two
+  lists; otherwise flags are merged per token first.
+* Reserved (negative) tokens go to the loop's ``internal(token)`` callback,
+  never to the handler; ``UNREGISTERED`` (deregistered since the wait) is
+  one of them, and the loop ignores it.
+* When ``ready`` raises, the event being handled counts as delivered and the
+  rest of the batch is kept; registrations changed in between are looked up
+  again when the leftovers are dispatched, deregistered ones are dropped.
+
+What it must not know: how the batch was waited for, or what happens in the
+other phases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._dispatch_index import DispatchIndex
+from ._flags import READY_VALUES, Ready
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = ["IoDispatcher"]
+
+Ready_ = Callable[[Any, int, Ready], None]
+
+
+class IoDispatcher:
+    """Dispatches the I/O events of one loop (see the module docstring)."""
+
+    __slots__ = ("_index", "_internal", "_merge_always", "_row", "leftover")
+
+    def __init__(self, registry: Registry, internal: Callable[[int], None]) -> None:
+        self._index = DispatchIndex(registry)
+        self._row = registry.row
+        self._internal = internal
+        self._merge_always = not registry.facts.unique_fds
+        self.leftover: list[tuple[int, int]] | None = None
+        """Events a handler exception left undelivered; dispatched before the next wait."""
+
+    @property
+    def index(self) -> DispatchIndex:
+        return self._index
+
+    def dispatch(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
+        """One ``ready`` call per event, or per token when tokens are shared."""
+        index = self._index
+        if self._merge_always or index.shared:
+            self._dispatch_merged(loop, raw, ready)
+            return
+        tokens = index.tokens
+        tables = index.tables
+        internal = self._internal
+        fd = -1  # no event started yet (an asynchronous exception)
+        try:
+            for fd, mask in raw:
+                try:
+                    token = tokens[fd]
+                except IndexError:  # never registered (a fake backend)
+                    continue
+                if token >= 0:
+                    ready(loop, token, tables[fd][mask])  # type: ignore[index]
+                else:
+                    internal(token)
+        except BaseException:
+            self._keep_after(raw, fd)
+            raise
+
+    def _keep_after(self, raw: list[tuple[int, int]], fd: int) -> None:
+        """A handler raised while handling *fd*: keep the events after it.
+
+        Each fd appears once in *raw* (the fast path's condition); ``-1``
+        (nothing started) keeps them all.
+        """
+        for i, pair in enumerate(raw):
+            if pair[0] == fd:
+                raw = raw[i + 1 :]
+                break
+        if raw:
+            self.leftover = raw
+
+    def _dispatch_merged(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
+        """Merge flags per token, then one call per token."""
+        row = self._row
+        merged: dict[int, int] = {}
+        for fd, mask in raw:
+            reg = row(fd)
+            if reg is None:
+                continue
+            token = reg.token
+            bits = int(reg.table[mask])
+            old = merged.get(token)
+            merged[token] = bits if old is None else old | bits
+        items = list(merged.items())
+        for i, (token, bits) in enumerate(items):
+            try:
+                if token >= 0:
+                    ready(loop, token, READY_VALUES[bits])
+                else:
+                    self._internal(token)
+            except BaseException:
+                rest = {tok for tok, _ in items[i + 1 :]}
+                if rest:
+                    kept = []
+                    for pair in raw:
+                        reg = row(pair[0])
+                        if reg is not None and reg.token in rest:
+                            kept.append(pair)
+                    self.leftover = kept or None
+                raise
