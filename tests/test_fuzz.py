@@ -812,6 +812,9 @@ def test_udp(addr: Any, data: Any, n: Any, group: Any, iface: Any, flag: Any) ->
 @FUZZ
 @given(path=unix_paths, data=buffers, n=sizes, buf=buffers, how=junk, backlog=junk, flag=junk)
 def test_unix(path: Any, data: Any, n: Any, buf: Any, how: Any, backlog: Any, flag: Any) -> None:
+    # Relative paths are bound in the private directory, never in the checkout.
+    cwd = os.getcwd()
+    os.chdir(PRIVATE_DIR)
     with no_fd_leak():
         try:
             ok, listener = attempt(UnixListener.bind, path, backlog=backlog)
@@ -837,6 +840,7 @@ def test_unix(path: Any, data: Any, n: Any, buf: Any, how: Any, backlog: Any, fl
                 attempt(c.try_send, data)
                 attempt(d2.try_recv, n)
         finally:
+            os.chdir(cwd)
             for name in os.listdir(PRIVATE_DIR):
                 os.unlink(os.path.join(PRIVATE_DIR, name))
 
