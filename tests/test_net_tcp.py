@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from metalio import Events, Interest, Poll, PollOpt, Ready
+from metalio._fdio import IOV_MAX
 from metalio.net import TcpListener, TcpStream
-from metalio.net._common import IOV_MAX
 from net_helpers import (
     needs_procfs,
     net_poll,  # noqa: F401 (the per-backend ``poll`` fixture)

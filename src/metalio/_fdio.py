@@ -1,11 +1,27 @@
-"""The ``try_*`` calls every descriptor-backed source shares, written once.
+"""The funnel every ``try_*`` call of a metalio source passes through.
 
-Streams (TCP, Unix) and pipe ends read and write their cached descriptor with
-``os.read``/``os.readv``/``os.write`` on POSIX.  These functions are those
-methods: the classes bind them as attributes (``try_read = fd_try_read``), so
-a call costs exactly one Python frame, as a method written in the class would.
-Each expects ``self._fd`` (the descriptor, ``-1`` once closed, which makes the
-call fail with ``EBADF``) and ``self._rearm`` (see ``metalio._source``).
+mio routes each I/O call through one ``do_io`` so that its rules are written
+once.  Here the rules are three, and each has one home:
+
+1. **would-block becomes ``None``**, and whatever must happen then happens in
+   :func:`would_block`: the direction is marked drained for readiness
+   tracking (``metalio._readiness``) and, on the backends that emulate edge
+   triggering, the registration is re-armed through the source's ``_rearm``
+   hook (``metalio._source``).  Every ``try_*`` of every source type calls it
+   from its ``except BlockingIOError``.
+2. **a drained direction answers ``None`` without a system call** while the
+   source's epoch has not moved (:func:`drained`), and a short transfer
+   marks the direction drained.  Only stream sources do this: the four hot
+   calls below (a datagram, an accept or a peek says nothing about what is
+   left).
+3. **real failures raise** the ``OSError`` Python builds from the errno.
+
+The four stream calls (``fd_try_read``, ``fd_try_read_into``,
+``fd_try_write``, ``fd_try_writev``) are the ones a server makes per event,
+so rules 1 and 2 are spelled out inside them rather than behind another
+call: the classes bind them as attributes (``try_read = fd_try_read``), so a
+call costs exactly one Python frame, as a method written in the class would.
+Each expects the slots of :class:`FdState`.
 """
 
 from __future__ import annotations
@@ -13,24 +29,84 @@ from __future__ import annotations
 import os
 from typing import Any, Final, Protocol
 
+from ._readiness import Epoch
 from ._source import READ_LIMIT, RearmHook
 
-__all__ = ["FdBacked", "fd_try_read", "fd_try_read_into", "fd_try_write"]
+__all__ = [
+    "IOV_MAX",
+    "READ",
+    "WRITE",
+    "FdState",
+    "fd_try_read",
+    "fd_try_read_into",
+    "fd_try_write",
+    "fd_try_writev",
+    "init_state",
+    "would_block",
+]
+
+READ: Final = 1
+"""The read direction (the ``Interest.READABLE`` bit), for :func:`would_block`."""
+WRITE: Final = 2
+"""The write direction (the ``Interest.WRITABLE`` bit)."""
 
 _read: Final = os.read
 _write: Final = os.write
 _readv: Final = getattr(os, "readv", None)
+_writev: Final = getattr(os, "writev", None)
 
 
-class FdBacked(Protocol):
-    _fd: int
-    _rearm: RearmHook | None
+def _iov_max() -> int:
+    try:
+        return os.sysconf("SC_IOV_MAX") or 1024
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - Windows
+        return 1024
 
 
-def fd_try_read(self: FdBacked, n: int = 65536) -> bytes | None:
+IOV_MAX: Final = _iov_max()
+"""The most buffers one ``writev``/``sendmsg`` takes; ``try_writev`` sends at most these."""
+
+
+class FdState(Protocol):
+    """The slots a descriptor-backed source carries for the funnel."""
+
+    _fd: int  # the descriptor, -1 once closed (a call then fails with EBADF)
+    _rearm: RearmHook | None  # set while registered EDGE with an emulating backend
+    _epoch: Epoch | None  # the tracking Poll's epoch; None while untracked
+    _rmark: float  # the epoch at which reading was seen drained
+    _wmark: float  # the epoch at which writing was seen drained
+    _polls: int  # how many Polls the source is registered with
+
+
+def init_state(source: Any, fd: int) -> None:
+    """Give a new source its funnel state: descriptor *fd*, untracked, no hook."""
+    source._fd = fd
+    source._rearm = None
+    source._epoch = None
+    source._rmark = source._wmark = -1
+    source._polls = 0
+
+
+def would_block(source: FdState, direction: int, now: float = -1) -> None:
+    """The kernel said "would block" in *direction*: mark it, re-arm, answer ``None``.
+
+    *now* is the epoch read before the call (``-1``: untracked).
+    """
+    if source._epoch is not None:
+        if direction == READ:
+            source._rmark = now
+        else:
+            source._wmark = now
+    rearm = source._rearm
+    if rearm is not None:
+        rearm(direction)
+
+
+def fd_try_read(self: FdState, n: int = 65536) -> bytes | None:
     """Read at most *n* bytes: data, ``b""`` at end of stream, ``None`` if none yet.
 
     *n* above 16 MiB is read as 16 MiB (a read may always return fewer bytes).
+    ``None`` may come without a system call: see ``metalio._readiness``.
 
     :raises ValueError: *n* < 1.
     :raises OSError: a real failure (``ConnectionResetError``, ``EBADF`` once
@@ -40,49 +116,99 @@ def fd_try_read(self: FdBacked, n: int = 65536) -> bytes | None:
         if n < 1:
             raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
         n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
+    epoch = self._epoch
+    now = -1.0
+    if epoch is not None:
+        now = epoch.now
+        if self._rmark == now:
+            return None  # drained, and no wait has returned since
     try:
-        return _read(self._fd, n)
+        data = _read(self._fd, n)
     except BlockingIOError:
-        rearm = self._rearm
-        if rearm is not None:
-            rearm(1)
+        would_block(self, READ, now)
         return None
+    if epoch is not None and 0 < len(data) < n:
+        self._rmark = now
+    return data
 
 
-def fd_try_read_into(self: FdBacked, buffer: Any) -> int | None:
+def fd_try_read_into(self: FdState, buffer: Any) -> int | None:
     """Read into the writable *buffer* (no copy): bytes read, ``0`` at end of
-    stream, ``None`` if nothing yet.
+    stream, ``None`` if nothing yet (maybe without a system call).
 
     :raises ValueError: *buffer* is empty.
     :raises TypeError: *buffer* is not a writable bytes-like object.
     :raises OSError: a real failure (``EBADF`` once closed, ...).
     """
+    epoch = self._epoch
+    now = -1.0
+    if epoch is not None:
+        now = epoch.now
+        if self._rmark == now:
+            return None
     try:
         got: int = _readv(self._fd, (buffer,))  # type: ignore[misc]
     except BlockingIOError:
-        rearm = self._rearm
-        if rearm is not None:
-            rearm(1)
+        would_block(self, READ, now)
         return None
     except BufferError:
         raise TypeError("try_read_into needs a writable buffer") from None
     if got:
+        # len() of a buffer counts items, never more than its bytes: a read
+        # shorter than it is certainly short.
+        if epoch is not None and got < len(buffer):
+            self._rmark = now
         return got
     if len(memoryview(buffer)) == 0:
         raise ValueError("try_read_into needs a non-empty buffer (0 would mean end of stream)")
     return 0
 
 
-def fd_try_write(self: FdBacked, data: Any) -> int | None:
-    """Write some of *data*: the number of bytes taken (maybe fewer), ``None`` if none.
+def fd_try_write(self: FdState, data: Any) -> int | None:
+    """Write some of *data*: the number of bytes taken (maybe fewer), ``None`` if none
+    (maybe without a system call).
 
     :raises OSError: a real failure (``BrokenPipeError``, ``ConnectionResetError``,
         ``EBADF`` once closed, ...).
     """
+    epoch = self._epoch
+    now = -1.0
+    if epoch is not None:
+        now = epoch.now
+        if self._wmark == now:
+            return None  # full, and no wait has returned since
     try:
-        return _write(self._fd, data)
+        n: int = _write(self._fd, data)
     except BlockingIOError:
-        rearm = self._rearm
-        if rearm is not None:
-            rearm(2)
+        would_block(self, WRITE, now)
+        return None
+    if epoch is not None and n < len(data):
+        self._wmark = now
+    return n
+
+
+def fd_try_writev(self: FdState, buffers: Any) -> int | None:
+    """Gather-write a sequence of bytes-like objects in one ``writev(2)`` call.
+
+    Returns the total number of bytes taken, which may end inside any
+    buffer, or ``None`` if none.  At most ``IOV_MAX`` (normally 1024)
+    buffers go in one call; the rest are for the next call.  (A partial
+    gather-write does not mark the direction drained: the total is not
+    worth computing; the would-block that follows does.)
+
+    :raises TypeError: *buffers* is not a sequence of bytes-like objects.
+    :raises OSError: a real failure, as :func:`fd_try_write`.
+    """
+    epoch = self._epoch
+    now = -1.0
+    if epoch is not None:
+        now = epoch.now
+        if self._wmark == now:
+            return None
+    if len(buffers) > IOV_MAX:
+        buffers = buffers[:IOV_MAX]
+    try:
+        return _writev(self._fd, buffers)  # type: ignore[misc, no-any-return]
+    except BlockingIOError:
+        would_block(self, WRITE, now)
         return None

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._dispatch_index import DispatchIndex
 from ._flags import READY_VALUES, Ready
+from ._readiness import switch_off
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -43,13 +44,16 @@ Ready_ = Callable[[Any, int, Ready], None]
 class IoDispatcher:
     """Dispatches the I/O events of one loop (see the module docstring)."""
 
-    __slots__ = ("_index", "_internal", "_merge_always", "_row", "leftover")
+    __slots__ = ("_closing", "_index", "_internal", "_merge_always", "_row", "leftover")
 
-    def __init__(self, registry: Registry, internal: Callable[[int], None]) -> None:
+    def __init__(self, registry: Registry, internal: Callable[[int], None], tracking: bool) -> None:
         self._index = DispatchIndex(registry)
         self._row = registry.row
         self._internal = internal
         self._merge_always = not registry.facts.unique_fds
+        # With readiness tracking on, an event carrying a closing bit turns
+        # tracking off for its source (metalio._readiness): 0 never matches.
+        self._closing = registry.facts.closing_mask if tracking else 0
         self.leftover: list[tuple[int, int]] | None = None
         """Events a handler exception left undelivered; dispatched before the next wait."""
 
@@ -66,6 +70,7 @@ class IoDispatcher:
         tokens = index.tokens
         tables = index.tables
         internal = self._internal
+        closing = self._closing
         fd = -1  # no event started yet (an asynchronous exception)
         try:
             for fd, mask in raw:
@@ -73,6 +78,8 @@ class IoDispatcher:
                     token = tokens[fd]
                 except IndexError:  # never registered (a fake backend)
                     continue
+                if mask & closing:
+                    self._switch_off(fd)
                 if token >= 0:
                     ready(loop, token, tables[fd][mask])  # type: ignore[index]
                 else:
@@ -80,6 +87,11 @@ class IoDispatcher:
         except BaseException:
             self._keep_after(raw, fd)
             raise
+
+    def _switch_off(self, fd: int) -> None:
+        reg = self._row(fd)
+        if reg is not None:
+            switch_off(reg.source)
 
     def _keep_after(self, raw: list[tuple[int, int]], fd: int) -> None:
         """A handler raised while handling *fd*: keep the events after it.
@@ -98,10 +110,13 @@ class IoDispatcher:
         """Merge flags per token, then one call per token."""
         row = self._row
         merged: dict[int, int] = {}
+        closing = self._closing
         for fd, mask in raw:
             reg = row(fd)
             if reg is None:
                 continue
+            if mask & closing:
+                switch_off(reg.source)
             token = reg.token
             bits = int(reg.table[mask])
             old = merged.get(token)

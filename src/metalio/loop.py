@@ -138,6 +138,7 @@ class EventLoop:
     __slots__ = (
         "__weakref__",
         "_active",
+        "_advance",
         "_channel",
         "_clock",
         "_closed",
@@ -177,7 +178,7 @@ class EventLoop:
             raise ValueError("the Poll is closed")
         try:
             registry = poll.registry
-            self._io = IoDispatcher(registry, self._internal)
+            self._io = IoDispatcher(registry, self._internal, poll.tracking.enabled)
             self._channel = _Notify(registry, config.notify_capacity)
         except BaseException:
             poll.close()
@@ -185,6 +186,8 @@ class EventLoop:
         self._poll = poll
         self._registry = registry
         self._wait_native = poll.raw_poll
+        tracking = poll.tracking
+        self._advance = tracking.epoch.advance if tracking.enabled else None
         self._clock = config.clock
         # The loop's wake-up time is the wheel's ``soonest``, a lower bound on
         # the pending deadlines that set_timeout keeps (may be early, never
@@ -438,10 +441,15 @@ class EventLoop:
             if not channel.before_sleep():
                 t = 0.0
             try:
-                return self._wait_native(t, capacity)
+                raw = self._wait_native(t, capacity)
             finally:
                 channel.sleeping = False
-        return self._wait_native(t, capacity)
+        else:
+            raw = self._wait_native(t, capacity)
+        advance = self._advance
+        if advance is not None:
+            advance()  # readiness tracking: a wait returned (metalio._readiness)
+        return raw
 
     # -- cold paths of the iteration -----------------------------------------------
 

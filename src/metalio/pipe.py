@@ -40,9 +40,10 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, Final, TypeVar
+from typing import TypeVar
 
-from ._fdio import fd_try_read, fd_try_read_into, fd_try_write
+from ._fdio import fd_try_read, fd_try_read_into, fd_try_write, fd_try_writev, init_state
+from ._readiness import Epoch
 from ._source import RearmHook
 
 __all__ = ["PipeReader", "PipeWriter", "pipe"]
@@ -50,28 +51,20 @@ __all__ = ["PipeReader", "PipeWriter", "pipe"]
 if sys.platform == "win32":  # pragma: no cover
     raise ImportError("metalio.pipe needs POSIX pipes (os.readv, os.writev, O_NONBLOCK)")
 
-_writev = os.writev
-
-
-def _iov_max() -> int:
-    try:
-        return os.sysconf("SC_IOV_MAX") or 1024
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
-        return 1024
-
-
-_IOV_MAX: Final = _iov_max()
-
 _E = TypeVar("_E", bound="_PipeEnd")
 
 
 class _PipeEnd:
-    """One end of a pipe: a descriptor it owns, and the ``_rearm`` slot."""
+    """One end of a pipe: a descriptor it owns, and the funnel state of ``metalio._fdio``."""
 
-    __slots__ = ("_fd", "_rearm")
+    __slots__ = ("_epoch", "_fd", "_polls", "_rearm", "_rmark", "_wmark")
 
     _fd: int
     _rearm: RearmHook | None
+    _epoch: Epoch | None
+    _rmark: float
+    _wmark: float
+    _polls: int
 
     def __init__(self, fd: int) -> None:
         """Adopt the open descriptor *fd*: make it non-blocking and non-inheritable.
@@ -84,8 +77,7 @@ class _PipeEnd:
             raise TypeError(f"fd must be an int, not {type(fd).__name__}")
         if fd < 0:
             raise ValueError(f"fd must be >= 0, got {fd}")
-        self._fd = -1  # so __del__ has nothing to close if the next lines fail
-        self._rearm = None
+        init_state(self, -1)  # so __del__ has nothing to close if the next lines fail
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
         self._fd = int(fd)
@@ -108,6 +100,7 @@ class _PipeEnd:
         fd = self._fd
         if fd >= 0:
             self._fd = -1
+            self._epoch = None  # every later call reaches the kernel and fails
             os.close(fd)
 
     def __enter__(self: _E) -> _E:
@@ -144,32 +137,12 @@ class PipeWriter(_PipeEnd):
     __slots__ = ()
 
     try_write = fd_try_write
-
-    def try_writev(self, buffers: Any) -> int | None:
-        """Gather-write a sequence of bytes-like objects in one ``writev`` call.
-
-        Returns the total bytes taken or ``None``; at most ``IOV_MAX`` buffers
-        go in one call.
-
-        :raises TypeError: *buffers* is not a sequence of bytes-like objects.
-        :raises BrokenPipeError: every read end is closed.
-        :raises OSError: ``EBADF`` once closed, or another real failure.
-        """
-        if len(buffers) > _IOV_MAX:
-            buffers = buffers[:_IOV_MAX]
-        try:
-            return _writev(self._fd, buffers)
-        except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(2)
-            return None
+    try_writev = fd_try_writev
 
 
 def _end(cls: type[_E], fd: int) -> _E:
     end = cls.__new__(cls)
-    end._fd = fd
-    end._rearm = None
+    init_state(end, fd)
     return end
 
 

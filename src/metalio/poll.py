@@ -34,6 +34,7 @@ from typing import Final
 from . import _validate
 from ._backends import MAX_TIMEOUT, Backend, Facts, open_backend
 from ._events import Event, Events
+from ._readiness import Tracking, switch_off
 from .registry import Registry
 
 __all__ = ["Poll", "Registry"]
@@ -58,6 +59,7 @@ class Poll:
         "_registry",
         "_release_lock",
         "_released",
+        "_tracking",
     )
 
     def __init__(self, backend: str | None = None) -> None:
@@ -76,6 +78,7 @@ class Poll:
     def _setup(self, backend: Backend) -> None:
         self._backend = backend
         self._registry = Registry(backend)
+        self._tracking = Tracking(self._registry)
         self._closed = False
         # list.append/pop are atomic: a count of threads inside the backend
         # that close() can read without a lock (see close()).
@@ -95,6 +98,17 @@ class Poll:
     def facts(self) -> Facts:
         """What the backend can do (``metalio._backends.Facts``)."""
         return self._registry.facts
+
+    @property
+    def tracking(self) -> Tracking:
+        """This Poll's readiness tracking (``metalio._readiness``).
+
+        Whoever waits through :attr:`raw_poll` must call
+        ``tracking.epoch.advance()`` once the wait returns, when
+        ``tracking.enabled``, and ``metalio._readiness.switch_off(source)`` for
+        a source whose event carries a bit of ``facts.closing_mask``.
+        """
+        return self._tracking
 
     @property
     def raw_poll(self) -> Callable[[float | None, int], list[tuple[int, int]]]:
@@ -154,12 +168,19 @@ class Poll:
                 self._release()  # type: ignore[unreachable]
         if self._closed:
             raise ValueError("the Poll was closed while polling")
+        tracking = self._tracking
+        closing = 0
+        if tracking.enabled:
+            tracking.epoch.advance()
+            closing = self._registry.facts.closing_mask
         row = self._registry.row
         append = items.append
         new = _new_event
         for fd, mask in raw:
             reg = row(fd)
             if reg is not None:
+                if mask & closing:
+                    switch_off(reg.source)
                 ready = reg.table[mask]
                 event = reg.event
                 # Ready values are shared singletons (one per bit pattern), so

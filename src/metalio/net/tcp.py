@@ -55,15 +55,8 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any, Final
 
-from ._common import (
-    InetAddr,
-    ListenerSource,
-    StreamSource,
-    check_inet_addr,
-    error_from_errno,
-    new_socket,
-    prepare_adopted,
-)
+from ._address import InetAddr, check_inet_addr
+from ._sources import ListenerSource, StreamSource, error_from_errno, new_socket, prepare_adopted
 
 __all__ = ["TcpListener", "TcpStream"]
 
@@ -79,7 +72,7 @@ class TcpStream(StreamSource):
     Made by :meth:`connect`, :meth:`TcpListener.try_accept` or
     :meth:`from_socket`.  ``try_read``, ``try_read_into``, ``try_write``,
     ``try_writev`` and ``try_peek`` follow the module's ``None``/``b""``
-    rule; see :class:`metalio.net._common.StreamSource` for their contracts.
+    rule; see :class:`metalio.net._sources.StreamSource` for their contracts.
     """
 
     __slots__ = ()

@@ -28,13 +28,8 @@ from __future__ import annotations
 import socket
 from typing import Final
 
-from ._common import (
-    DatagramSource,
-    InetAddr,
-    check_inet_addr,
-    new_socket,
-    prepare_adopted,
-)
+from ._address import InetAddr, check_inet_addr
+from ._sources import DatagramSource, new_socket, prepare_adopted
 
 __all__ = ["UdpSocket"]
 
@@ -62,7 +57,7 @@ class UdpSocket(DatagramSource):
 
     ``try_send_to``, ``try_recv_from``, ``try_send``, ``try_recv``,
     ``try_peek_from``, ``connect`` and ``peer_addr`` are documented on
-    :class:`metalio.net._common.DatagramSource`.
+    :class:`metalio.net._sources.DatagramSource`.
     """
 
     __slots__ = ("_family",)

@@ -48,12 +48,11 @@ import socket
 import stat
 from typing import TYPE_CHECKING, Any, Final
 
-from ._common import (
+from ._address import UnixAddr, check_unix_path
+from ._sources import (
     DatagramSource,
     ListenerSource,
     StreamSource,
-    UnixAddr,
-    check_unix_path,
     error_from_errno,
     new_socket,
     prepare_adopted,
@@ -200,7 +199,7 @@ class UnixDatagram(DatagramSource):
 
     ``try_send_to``, ``try_recv_from``, ``try_send``, ``try_recv``,
     ``try_peek_from``, ``connect`` and ``peer_addr`` are documented on
-    :class:`metalio.net._common.DatagramSource`; addresses are paths.
+    :class:`metalio.net._sources.DatagramSource`; addresses are paths.
     """
 
     __slots__ = ()

@@ -1,18 +1,16 @@
-"""Shared plumbing of ``metalio.net``: address checks, socket creation, the base classes.
+"""The socket base classes of ``metalio.net``, and making the sockets they wrap.
 
-Two kinds of code live here.  Address checks, socket creation and adoption
-run once per object, before or while a descriptor is made.  The base classes
-(``SocketSource``, ``StreamSource``, ``ListenerSource``, ``DatagramSource``)
-hold the hot ``try_*`` methods every public type inherits; they are written
-for the hot path: the descriptor sits in a slot, ``os`` functions are module
-globals, nothing is allocated that the system call does not allocate, and
-the only exception handled is the kernel's would-block, which is also the
-only place the ``_rearm`` hook is looked at.
+``SocketSource`` holds what every socket type has (the descriptor and the
+funnel state of ``metalio._fdio`` in slots, closing, addresses, errors);
+``StreamSource``, ``ListenerSource`` and ``DatagramSource`` hold the
+``try_*`` calls the public types inherit.  Every one of those calls goes
+through the funnel: would-block is handed to ``metalio._fdio.would_block``,
+and the stream calls are the funnel's own ``fd_try_*`` functions.  Sockets
+are created non-blocking and close-on-exec, in one system call where the
+OS allows it.
 
-Addresses are checked in Python before any socket is created, so a bad
-address raises ``TypeError``/``ValueError`` and leaks nothing.  Internet
-addresses must be IP literals: metalio never resolves names, because
-``getaddrinfo`` blocks (resolve first with ``socket.getaddrinfo``).
+What it must not know: addresses (``metalio.net._address`` checks them
+before a socket exists) and registrations.
 """
 
 from __future__ import annotations
@@ -20,53 +18,38 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, ClassVar, Final, TypeAlias, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
-from .._fdio import fd_try_read, fd_try_read_into, fd_try_write
+from .._fdio import (
+    IOV_MAX,
+    READ,
+    WRITE,
+    fd_try_read,
+    fd_try_read_into,
+    fd_try_write,
+    fd_try_writev,
+    init_state,
+    would_block,
+)
+from .._readiness import Epoch
 from .._source import READ_LIMIT, RearmHook
 
 __all__ = [
-    "ABSTRACT_OK",
     "IOV_MAX",
     "POSIX_IO",
     "DatagramSource",
-    "InetAddr",
     "ListenerSource",
     "SocketSource",
     "StreamSource",
-    "UnixAddr",
-    "check_inet_addr",
-    "check_unix_path",
     "error_from_errno",
     "new_socket",
     "prepare_adopted",
 ]
 
-InetAddr: TypeAlias = "tuple[str, int] | tuple[str, int, int, int]"
-"""``(host, port)`` or, for IPv6 only, ``(host, port, flowinfo, scope_id)``."""
-
-UnixAddr: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
-
 POSIX_IO: Final = sys.platform != "win32"
 """On POSIX a socket's descriptor works with ``os.read``/``os.write``/``os.readv``
 (no ``socket`` method dispatch or timeout bookkeeping); on Windows only the
 ``socket`` methods work."""
-
-ABSTRACT_OK: Final = sys.platform.startswith("linux")
-"""Linux (and Android) have the abstract Unix socket namespace."""
-
-_SUN_PATH_MAX: Final = 108 if ABSTRACT_OK else 104
-
-
-def _iov_max() -> int:
-    try:
-        return os.sysconf("SC_IOV_MAX") or 1024
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - Windows
-        return 1024
-
-
-IOV_MAX: Final = _iov_max()
-"""The most buffers one ``writev``/``sendmsg`` takes; ``try_writev`` sends at most these."""
 
 _NONBLOCK_FLAGS: Final = getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0)
 _HAS_SOCK_NONBLOCK: Final = hasattr(socket, "SOCK_NONBLOCK")
@@ -75,116 +58,6 @@ _HAS_SOCK_NONBLOCK: Final = hasattr(socket, "SOCK_NONBLOCK")
 def error_from_errno(err: int) -> OSError:
     """Build the ``OSError`` subclass Python uses for *err* (``ConnectionRefusedError`` ...)."""
     return OSError(err, os.strerror(err))
-
-
-def _check_port(port: object) -> int:
-    if type(port) is not int:
-        if isinstance(port, bool) or not isinstance(port, int):
-            raise TypeError(f"port must be an int, not {type(port).__name__}")
-        port = int(port)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be in 0..65535, got {port}")
-    return port
-
-
-def _host_family(host: object) -> int:
-    if not isinstance(host, str):
-        raise TypeError(f"host must be a str IP address, not {type(host).__name__}")
-    if ":" in host:
-        literal = host.partition("%")[0]  # "fe80::1%eth0": the scope is the kernel's job
-        family = socket.AF_INET6
-    else:
-        literal = host
-        family = socket.AF_INET
-    try:
-        socket.inet_pton(family, literal)
-    except (OSError, ValueError):
-        if family == socket.AF_INET and host == "<broadcast>":
-            return family
-        raise ValueError(
-            f"{host!r} is not an IP address literal "
-            "(metalio does no name resolution: use socket.getaddrinfo first)"
-        ) from None
-    return family
-
-
-def check_inet_addr(addr: object, family: int | None = None) -> tuple[int, InetAddr]:
-    """Return ``(family, addr)`` for an IPv4 or IPv6 socket address.
-
-    :param family: when given, the address must belong to it.
-    :raises TypeError: *addr* is not a tuple, the host not a ``str``, a
-        number not an ``int``.
-    :raises ValueError: wrong length, a host that is not an IP literal, a
-        port or flow label out of range, or the wrong family.
-    """
-    if not isinstance(addr, tuple):
-        raise TypeError(f"address must be a (host, port) tuple, not {type(addr).__name__}")
-    size = len(addr)
-    if size == 2:
-        host, port = addr
-        fam = _host_family(host)
-        out: InetAddr = (host, _check_port(port))
-    elif size == 4:
-        host, port, flowinfo, scope_id = addr
-        fam = _host_family(host)
-        if fam != socket.AF_INET6:
-            raise ValueError("a 4-tuple address is IPv6 only: (host, port, flowinfo, scope_id)")
-        for name, value, top in (
-            ("flowinfo", flowinfo, 0xFFFFF),
-            ("scope_id", scope_id, 2**32 - 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-            if not 0 <= value <= top:
-                raise ValueError(f"{name} out of range: {value}")
-        out = (host, _check_port(port), int(flowinfo), int(scope_id))
-    else:
-        raise ValueError(
-            f"address must be (host, port) or (host, port, flowinfo, scope_id), got {addr!r}"
-        )
-    if family is not None and fam != family:
-        want = "IPv4" if family == socket.AF_INET else "IPv6"
-        raise ValueError(f"{addr!r} is not an {want} address, as this socket needs")
-    return fam, out
-
-
-def check_unix_path(path: object) -> bytes:
-    """Return the raw ``sun_path`` bytes for a Unix socket address.
-
-    ``str`` paths are encoded with the file-system encoding.  A leading NUL
-    byte, or a leading ``"@"`` as shorthand (as ``ss`` and ``systemd`` print
-    them), names the Linux abstract namespace; write ``"./@name"`` for a
-    file whose name starts with ``@``.
-
-    :raises TypeError: not ``str``, ``bytes`` or ``os.PathLike``.
-    :raises ValueError: empty, a NUL inside a file-system path, too long for
-        ``sun_path``, or an abstract name on a platform without them.
-    """
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
-    if isinstance(path, str):
-        raw = os.fsencode(path)
-    elif isinstance(path, bytes):
-        raw = path
-    else:
-        raise TypeError(
-            f"a Unix socket path must be str, bytes or os.PathLike, not {type(path).__name__}"
-        )
-    if not raw:
-        raise ValueError("a Unix socket path must not be empty")
-    if raw[0] == 0x40:  # "@name" -> "\0name"
-        raw = b"\0" + raw[1:]
-    if raw[0] == 0:
-        if not ABSTRACT_OK:
-            raise ValueError("abstract Unix socket names exist only on Linux")
-        if len(raw) > _SUN_PATH_MAX:
-            raise ValueError(f"abstract name longer than {_SUN_PATH_MAX - 1} bytes")
-        return raw
-    if 0 in raw:
-        raise ValueError("a Unix socket path must not contain a NUL byte")
-    if len(raw) >= _SUN_PATH_MAX:
-        raise ValueError(f"Unix socket path longer than {_SUN_PATH_MAX - 1} bytes: {path!r}")
-    return raw
 
 
 def new_socket(family: int, kind: int) -> socket.socket:
@@ -215,12 +88,7 @@ def prepare_adopted(sock: object, families: tuple[int, ...], kind: int, what: st
 
 
 _S = TypeVar("_S", bound="SocketSource")
-_Socket: TypeAlias = socket.socket
-
-# Module-level aliases: one cached global load on the hot path instead of
-# ``os`` + attribute.
-if sys.platform != "win32":
-    _writev = os.writev
+_Socket = socket.socket
 _MSG_PEEK: Final = socket.MSG_PEEK
 _SHUT_HOWS: Final = frozenset({socket.SHUT_RD, socket.SHUT_WR, socket.SHUT_RDWR})
 
@@ -236,11 +104,11 @@ class SocketSource:
     """Base of every socket type: the descriptor, the ``_rearm`` slot, closing.
 
     Subclasses add no per-instance state (``__slots__ = ()``) except the
-    listeners and UDP sockets, so an idle stream is three pointers plus the
-    ``socket.socket`` it owns.
+    listeners and UDP sockets, so an idle stream is its funnel state
+    (``metalio._fdio.FdState``) plus the ``socket.socket`` it owns.
     """
 
-    __slots__ = ("_fd", "_rearm", "socket")
+    __slots__ = ("_epoch", "_fd", "_polls", "_rearm", "_rmark", "_wmark", "socket")
 
     socket: _Socket
     """The underlying ``socket.socket``, for options and inspection.
@@ -251,12 +119,15 @@ class SocketSource:
     """
     _fd: int
     _rearm: RearmHook | None
+    _epoch: Epoch | None
+    _rmark: float
+    _wmark: float
+    _polls: int
 
     def __init__(self, sock: _Socket) -> None:
         """Wrap *sock*, which must already be non-blocking; prefer the class's constructors."""
         self.socket = sock
-        self._fd = sock.fileno()
-        self._rearm = None
+        init_state(self, sock.fileno())
 
     def fileno(self) -> int:
         """The descriptor number, ``-1`` once closed."""
@@ -274,6 +145,7 @@ class SocketSource:
         tolerated by every backend, but its entry stays until ``deregister``.
         """
         self._fd = -1
+        self._epoch = None  # every later call reaches the kernel and fails
         self.socket.close()
 
     def __enter__(self: _S) -> _S:
@@ -327,31 +199,10 @@ class StreamSource(SocketSource):
         try_read = fd_try_read
         try_read_into = fd_try_read_into
         try_write = fd_try_write
-
-        def try_writev(self, buffers: Any) -> int | None:
-            """Gather-write a sequence of bytes-like objects in one ``writev(2)`` call.
-
-            On a connected stream ``writev`` is ``sendmsg`` without ancillary
-            data or flags (the same kernel path); ``os.writev`` and
-            ``socket.sendmsg`` measured alike here, and ``os.writev`` keeps
-            streams and pipes on one code path.
-
-            Returns the total number of bytes taken, which may end inside any
-            buffer, or ``None`` if none.  At most ``IOV_MAX`` (normally 1024)
-            buffers go in one call; the rest are for the next call.
-
-            :raises TypeError: *buffers* is not a sequence of bytes-like objects.
-            :raises OSError: a real failure, as :meth:`try_write`.
-            """
-            if len(buffers) > IOV_MAX:
-                buffers = buffers[:IOV_MAX]
-            try:
-                return _writev(self._fd, buffers)
-            except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(2)
-                return None
+        # On a connected stream writev is sendmsg without ancillary data or
+        # flags (the same kernel path), and it keeps streams and pipes on one
+        # code path.
+        try_writev = fd_try_writev
 
     else:  # pragma: no cover - Windows
 
@@ -363,18 +214,14 @@ class StreamSource(SocketSource):
             try:
                 return self.socket.recv(n)
             except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(1)
+                would_block(self, READ)
                 return None
 
         def try_read_into(self, buffer: Any) -> int | None:
             try:
                 got = self.socket.recv_into(buffer)
             except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(1)
+                would_block(self, READ)
                 return None
             return got or _empty_read(buffer)
 
@@ -382,9 +229,7 @@ class StreamSource(SocketSource):
             try:
                 return self.socket.send(data)
             except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(2)
+                would_block(self, WRITE)
                 return None
 
         def try_writev(self, buffers: Any) -> int | None:
@@ -409,9 +254,7 @@ class StreamSource(SocketSource):
         try:
             return self.socket.recv(n, _MSG_PEEK)
         except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(1)
+            would_block(self, READ)
             return None
 
     def peer_addr(self) -> Any:
@@ -451,9 +294,7 @@ class ListenerSource(SocketSource):
             try:
                 fd, addr = self.socket._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
-                rearm = self._rearm
-                if rearm is not None:
-                    rearm(1)
+                would_block(self, READ)
                 return None
             except ConnectionAbortedError:
                 # The client gave up while queued (BSD reports it; Linux hands
@@ -467,8 +308,7 @@ class ListenerSource(SocketSource):
         sock.setblocking(False)  # one ioctl(FIONBIO); Linux does not inherit O_NONBLOCK
         stream = self._stream_type.__new__(self._stream_type)
         stream.socket = sock
-        stream._fd = fd
-        stream._rearm = None
+        init_state(stream, fd)
         return stream, addr
 
 
@@ -494,9 +334,7 @@ class DatagramSource(SocketSource):
         try:
             return self.socket.sendto(data, addr)
         except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(2)
+            would_block(self, WRITE)
             return None
 
     def try_recv_from(self, n: int = 65536) -> tuple[bytes, Any] | None:
@@ -512,9 +350,7 @@ class DatagramSource(SocketSource):
         try:
             return self.socket.recvfrom(n)
         except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(1)
+            would_block(self, READ)
             return None
 
     def try_send(self, data: Any) -> int | None:
@@ -527,9 +363,7 @@ class DatagramSource(SocketSource):
         try:
             return self.socket.send(data)
         except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(2)
+            would_block(self, WRITE)
             return None
 
     def try_recv(self, n: int = 65536) -> bytes | None:
@@ -545,9 +379,7 @@ class DatagramSource(SocketSource):
         try:
             return self.socket.recv(n)
         except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(1)
+            would_block(self, READ)
             return None
 
     def try_peek_from(self, n: int = 65536) -> tuple[bytes, Any] | None:
@@ -563,9 +395,7 @@ class DatagramSource(SocketSource):
         try:
             return self.socket.recvfrom(n, _MSG_PEEK)
         except BlockingIOError:
-            rearm = self._rearm
-            if rearm is not None:
-                rearm(1)
+            would_block(self, READ)
             return None
 
     def connect(self, addr: Any) -> None:

@@ -1,0 +1,392 @@
+"""Readiness tracking (``metalio._readiness``): ``None`` without a system call, never a lost wake-up.
+
+System calls are counted through the funnel's own module globals
+(``metalio._fdio._read`` and friends), which every stream ``try_*`` looks up
+at call time.  Each scenario of issue 13 has a test of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import metalio._fdio as fdio
+from conftest import BACKENDS, open_poll
+from metalio import EventLoop, EventLoopConfig, Events, Handler, Interest, Poll, PollOpt, Ready
+from metalio import pipe as make_pipe
+from metalio.net import TcpListener, TcpStream, UnixDatagram, UnixStream
+
+R = Interest.READABLE
+W = Interest.WRITABLE
+EDGE = PollOpt.EDGE
+TRACKING = [b for b in BACKENDS if b in ("epoll", "kqueue-fake")]
+EMULATED = [b for b in BACKENDS if b in ("poll", "select")]
+
+
+class Calls:
+    """Counts the funnel's system calls (all four kinds) on one descriptor, :attr:`fd`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.fd = -1
+        self.count = 0
+        for name in ("_read", "_readv", "_write", "_writev"):
+            real = getattr(fdio, name)
+            monkeypatch.setattr(fdio, name, self._counting(real))
+
+    def _counting(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(fd: int, *args: Any) -> Any:
+            if fd == self.fd:
+                self.count += 1
+            return real(fd, *args)
+
+        return call
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
+    return Calls(monkeypatch)
+
+
+@pytest.fixture
+def upair(calls: Calls) -> Iterator[tuple[UnixStream, UnixStream]]:
+    """A stream pair; system calls on the first end are counted."""
+    a, b = UnixStream.pair()
+    calls.fd = a.fileno()
+    with a, b:
+        yield a, b
+
+
+def poll_once(poll: Poll, timeout: float = 2.0) -> list[tuple[int, Ready]]:
+    events = Events()
+    poll.poll(events, timeout)
+    return [(e.token, e.readiness) for e in events]
+
+
+# -- the mark -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_short_read_then_none_without_a_call(
+    backend: str, calls: Calls, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    a, b = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        b.try_write(b"abc")
+        assert poll_once(poll) == [(1, Ready.READABLE)]
+        assert a.try_read(100) == b"abc"
+        assert calls.count == 1
+        assert a.try_read(100) is None  # the buffer was empty after the short read
+        assert calls.count == 1
+        b.try_write(b"def")
+        assert poll_once(poll) == [(1, Ready.READABLE)]  # the new edge
+        assert a.try_read(100) == b"def"  # a wait returned: the call is made again
+        assert calls.count == 2
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_would_block_then_none_without_a_call(
+    backend: str, calls: Calls, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    a, _ = upair
+    buf = bytearray(16)
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        assert a.try_read_into(buf) is None
+        assert calls.count == 1
+        assert a.try_read_into(buf) is None
+        assert a.try_read(5) is None
+        assert calls.count == 1
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_full_read_keeps_calling(
+    backend: str, calls: Calls, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    """A read that filled the request proves nothing: the next one is made."""
+    a, b = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        b.try_write(b"abcdef")
+        poll_once(poll)
+        assert a.try_read(3) == b"abc"
+        assert a.try_read(3) == b"def"
+        assert calls.count == 2
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_partial_write_then_none_without_a_call(backend: str, calls: Calls) -> None:
+    a, b = UnixStream.pair()
+    calls.fd = a.fileno()
+    with a, b, open_poll(backend) as poll:
+        a.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        poll.registry.register(a, 1, W, EDGE)
+        poll_once(poll)
+        big = b"x" * (1 << 20)
+        n = a.try_write(big)
+        assert n is not None and 0 < n < len(big)
+        made = calls.count
+        assert a.try_write(big) is None
+        assert a.try_writev([big]) is None
+        assert calls.count == made
+        while b.try_read(1 << 20):  # the peer drains: space frees up, an edge follows
+            pass
+        assert (1, Ready.WRITABLE) in poll_once(poll)
+        assert a.try_write(b"y") == 1
+        assert calls.count > made
+
+
+# -- what must never be hidden -------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_end_of_stream_with_the_last_data(
+    backend: str, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    """Data and the end of stream in one event: after the short read, b"" still comes."""
+    a, b = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        b.try_write(b"last")
+        b.shutdown(socket.SHUT_WR)
+        ((_, ready),) = poll_once(poll)
+        assert ready.read_closed
+        assert a.try_read(100) == b"last"
+        assert a.try_read(100) == b""  # sticky: never None
+        assert a.try_read(100) == b""
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_error_with_the_last_data(backend: str) -> None:
+    """Data, then a reset, in one batch: the error is read, not hidden behind None."""
+    with TcpListener.bind(("127.0.0.1", 0)) as lst:
+        client = TcpStream.connect(lst.local_addr())
+        with open_poll(backend) as poll:
+            accepted = None
+            while accepted is None:
+                accepted = lst.try_accept()
+            server, _ = accepted
+            with server, client:
+                poll.registry.register(server, 1, R, EDGE)
+                poll_once(poll, 0)
+                client.socket.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                client.socket.sendall(b"data")
+                client.close()  # SO_LINGER 0: an RST follows the data
+                seen = Ready(0)
+                for _ in range(20):
+                    for _, ready in poll_once(poll, 0.5):
+                        seen |= ready
+                    if seen.read_closed or seen.error:
+                        break
+                assert seen.read_closed or seen.error
+                # Linux keeps the queued data readable after an RST, then the error.
+                assert server.try_read(100) == b"data"
+                with pytest.raises(ConnectionResetError):
+                    server.try_read(100)
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_close_makes_every_call_raise(backend: str, upair: tuple[UnixStream, UnixStream]) -> None:
+    a, _ = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R | W, EDGE)
+        assert a.try_read(10) is None  # marked drained
+        poll.registry.deregister(a)
+        poll.registry.register(a, 1, R, EDGE)
+        assert a.try_read(10) is None
+        a.close()
+        with pytest.raises(OSError):
+            a.try_read(10)
+        with pytest.raises(OSError):
+            a.try_write(b"x")
+
+
+# -- resetting the mark --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+@pytest.mark.parametrize("how", ["reregister", "deregister"])
+def test_registration_changes_reset_the_mark(
+    backend: str, how: str, calls: Calls, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    a, b = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        assert a.try_read(10) is None
+        b.try_write(b"new")  # no poll in between
+        if how == "reregister":
+            poll.registry.reregister(a, 2, R, EDGE)
+        else:
+            poll.registry.deregister(a)
+        assert a.try_read(10) == b"new"
+        assert calls.count == 2
+
+
+# -- no tracking where it cannot be trusted ------------------------------------------
+
+
+def _two_empty_reads(a: Any, calls: Calls) -> int:
+    before = calls.count
+    assert a.try_read(10) is None
+    assert a.try_read(10) is None
+    return calls.count - before
+
+
+def test_unregistered_source_always_calls(
+    calls: Calls, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    a, _ = upair
+    assert _two_empty_reads(a, calls) == 2
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_int_registration_is_not_tracked(
+    backend: str, calls: Calls, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    a, _ = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a.fileno(), 1, R, EDGE)
+        assert _two_empty_reads(a, calls) == 2
+
+
+def test_two_polls_are_not_tracked(calls: Calls, upair: tuple[UnixStream, UnixStream]) -> None:
+    a, _ = upair
+    with open_poll("epoll") as one, open_poll("epoll") as two:
+        one.registry.register(a, 1, R, EDGE)
+        two.registry.register(a, 1, R, EDGE)
+        assert _two_empty_reads(a, calls) == 2
+        two.registry.deregister(a)  # still registered with one: stays untracked
+        assert _two_empty_reads(a, calls) == 2
+        one.registry.deregister(a)
+        one.registry.register(a, 1, R, EDGE)  # alone again: tracked
+        assert _two_empty_reads(a, calls) == 1
+
+
+@pytest.mark.parametrize("backend", EMULATED)
+def test_emulated_backends_are_not_tracked(
+    backend: str, calls: Calls, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    """poll/select rebuild edges by re-arming on None: every None is a real call."""
+    a, _ = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        assert _two_empty_reads(a, calls) == 2
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_datagrams_are_not_tracked(backend: str) -> None:
+    a, b = UnixDatagram.pair()
+    with a, b, open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        b.try_send(b"one")
+        b.try_send(b"two")
+        poll_once(poll)
+        assert a.try_recv(100) == b"one"  # short, yet another datagram waits
+        assert a.try_recv(100) == b"two"
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_pipes_are_tracked(backend: str, calls: Calls) -> None:
+    r, w = make_pipe()
+    calls.fd = r.fileno()
+    with r, w, open_poll(backend) as poll:
+        poll.registry.register(r, 1, R, EDGE)
+        w.try_write(b"hi")
+        poll_once(poll)
+        assert r.try_read(10) == b"hi"
+        assert r.try_read(10) is None
+        assert calls.count == 1
+        w.close()
+        assert poll_once(poll)[0][1].read_closed
+        assert r.try_read(10) == b""
+
+
+# -- the generation guard ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", TRACKING)
+def test_a_wait_during_the_read_leaves_a_stale_mark(
+    backend: str, monkeypatch: pytest.MonkeyPatch, upair: tuple[UnixStream, UnixStream]
+) -> None:
+    """Another thread's poll returns while a read is in the kernel: the read's
+    "drained" must not hide what that poll may have reported."""
+    a, b = upair
+    with open_poll(backend) as poll:
+        poll.registry.register(a, 1, R, EDGE)
+        real = fdio._read
+
+        def read_racing_a_poll(fd: int, n: int) -> bytes:
+            with pytest.raises(BlockingIOError):
+                real(fd, n)  # finds the buffer empty ...
+            b.try_write(b"late")  # ... then data arrives ...
+            poll_once(poll)  # ... and another poller reports it
+            raise BlockingIOError
+
+        monkeypatch.setattr(fdio, "_read", read_racing_a_poll)
+        assert a.try_read(100) is None
+        monkeypatch.setattr(fdio, "_read", real)
+        assert a.try_read(100) == b"late"  # the mark was stale: the call was made
+
+
+# -- through the EventLoop -----------------------------------------------------------
+
+
+def test_loop_drain_until_none_makes_one_read_per_event(calls: Calls) -> None:
+    """The idiom of the docs costs no would-block read on epoll."""
+    a, b = UnixStream.pair()
+    calls.fd = a.fileno()
+    got: list[bytes] = []
+
+    class Drain(Handler):
+        def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
+            while True:
+                data = a.try_read(65536)
+                if data is None:
+                    return
+                got.append(data)
+                if not data:
+                    loop.shutdown()
+                    return
+
+    with a, b, EventLoop(EventLoopConfig(backend="epoll")) as loop:
+        loop.register(a, 1, R, EDGE)
+        for i in range(5):
+            b.try_write(b"x%d" % i)
+            loop.run_once(Drain(), timeout=2)
+        assert b"".join(got) == b"x0x1x2x3x4"
+        assert calls.count == 5  # one read per event, none that would block
+        b.shutdown(socket.SHUT_WR)
+        loop.run_once(Drain(), timeout=2)
+        assert got[-1] == b""
+
+
+def test_loop_sticky_closing_reaches_the_handler() -> None:
+    a, b = UnixStream.pair()
+    seen: list[bytes | None] = []
+
+    class Drain(Handler):
+        def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
+            while True:
+                data = a.try_read(65536)
+                seen.append(data)
+                if not data:
+                    return
+
+    with a, b, EventLoop(EventLoopConfig(backend="epoll")) as loop:
+        loop.register(a, 1, R, EDGE)
+        b.try_write(b"bye")
+        b.close()
+        loop.run_once(Drain(), timeout=2)
+        assert seen == [b"bye", b""]
+
+
+def test_os_read_is_what_untracked_sources_use() -> None:
+    """The counting seam is real: the funnel looks its system calls up at call time."""
+    assert fdio._read is os.read
