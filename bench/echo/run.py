@@ -74,6 +74,7 @@ SERVER_ORDER: tuple[str, ...] = (
     "uvloop_protocol",
     "uvloop_streams",
     "metalio_loop",
+    "metalio_user",
     "metalio_poll",
 )
 REF_UVLOOP = "uvloop_protocol"
@@ -371,13 +372,26 @@ def list_servers() -> list[str]:
     return known + sorted(found - set(known))
 
 
+#: ``--baseline DIR``: servers named ``NAME@base`` run ``servers/NAME.py`` on DIR's src/.
+BASELINE: dict[str, str] = {}
+
+
 def launch_server(name: str, cpus: frozenset[int] | None, python: str = sys.executable) -> Server:
-    """Start ``servers/<name>.py PORT`` pinned to *cpus*; does not wait for ``ready``."""
+    """Start ``servers/<name>.py PORT`` pinned to *cpus*; does not wait for ``ready``.
+
+    ``NAME@base`` runs the same script with ``METALIO_SRC`` pointing at the
+    ``--baseline`` tree, so two versions of metalio are measured in one run.
+    """
     port = free_port()
     err = tempfile.TemporaryFile()  # noqa: SIM115 -- owned by the Server, closed by stop()
+    script, _, variant = name.partition("@")
+    env = dict(os.environ)
+    if variant:
+        env["METALIO_SRC"] = str(Path(BASELINE["dir"]) / "src")
     with pinned(cpus):
         proc = subprocess.Popen(
-            [python, str(SERVERS_DIR / f"{name}.py"), str(port)],
+            [python, str(SERVERS_DIR / f"{script}.py"), str(port)],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -1094,6 +1108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--full", action="store_true", help="the whole matrix: 64 B..100 KiB x {1,10,100} conns"
     )
     ap.add_argument("--servers", help="comma-separated server names (default: all in servers/)")
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another metalio tree (e.g. a git worktree of an older commit): servers named "
+        "NAME@base run servers/NAME.py on DIR/src, in the same run",
+    )
     ap.add_argument("--sizes", type=_size_list, help="message sizes, e.g. 64,1K,16K,100K")
     ap.add_argument("--conns", type=_int_list, help="connection counts, e.g. 1,10,100")
     ap.add_argument("--reps", type=int, help="interleaved repetitions (medians are taken)")
@@ -1125,10 +1145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_config(args: argparse.Namespace) -> RunConfig:
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
+    if args.baseline:
+        BASELINE["dir"] = args.baseline
     available = list_servers()
     if args.servers and args.servers != "all":
         servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-        unknown = [s for s in servers if s not in available]
+        unknown = [s for s in servers if s.partition("@")[0] not in available]
+        if any("@" in s for s in servers) and not args.baseline:
+            raise SystemExit("NAME@base servers need --baseline DIR (another metalio tree)")
         if unknown:
             raise SystemExit(
                 f"unknown server(s): {', '.join(unknown)}; have {', '.join(available)}"

@@ -28,8 +28,8 @@ __all__ = [
     "check_token",
 ]
 
-# IntFlag's own ``&`` runs Python code (about a microsecond); the int slot
-# does the same arithmetic in C.  Every readiness property goes through it.
+# IntFlag's own ``&`` runs Python code; the int slot does the same
+# arithmetic in C.  Every readiness property goes through it.
 _int_and: Final = int.__and__
 
 
@@ -37,9 +37,9 @@ class _BitTest(dict[int, bool]):
     """``value -> bool(value & bit)``, prefilled for every readiness value (0..63).
 
     Its bound ``__getitem__`` is the getter of a ``Ready`` property: a C call
-    with no Python frame for the values a backend reports (about 30 ns,
-    against about 95 for a property written in Python), and still right for
-    any other ``int`` (computed by ``__missing__``, not stored).
+    with no Python frame for the values a backend reports (a property written
+    in Python runs a frame per test), and still right for any other ``int``
+    (computed by ``__missing__``, not stored).
     """
 
     __slots__ = ("_bit",)

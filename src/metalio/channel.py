@@ -293,9 +293,8 @@ class Sender(Generic[M]):
     message is the exception's ``.msg``.
 
     ``send`` is a function stored in the sender (a slot), not a method: it
-    reaches the queue, the credits and the flag through its closure, so a
-    call costs about 20 ns less than a bound method reading them from
-    ``self`` (a quarter of the sending side).  A subclass may still override
+    reaches the queue, the credits and the flag through its closure, which is
+    cheaper than a bound method reading them from ``self``.  A subclass may still override
     it with an ordinary method.
     """
 

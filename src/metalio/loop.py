@@ -1,92 +1,34 @@
-"""``EventLoop``, ``EventLoopConfig`` and ``Handler``: mio 0.5's programming model.
-
-Theory of operation
-===================
+"""``EventLoop``: mio 0.5's programming model, one iteration at a time.
 
 An ``EventLoop`` owns a ``Poll``, a ``Timer`` (the hashed wheel), a notify
-channel (``metalio.channel``), the dispatch index that mirrors the
-registry (``metalio._dispatch_index``) and, once a signal is added, a signal
-set (``metalio._signals``).  ``run(handler)`` repeats one *iteration* until
-``shutdown()``; ``run_once(handler, timeout)`` does one.  Each phase below
-is a call into the collaborator that owns its state; the loop holds no
-one else's data.
+channel (``metalio.channel``), an I/O dispatcher (``metalio._io_dispatch``,
+with the dispatch index that mirrors the registry) and, once a signal is
+added, a signal set (``metalio._signals``).  ``run(handler)`` repeats one
+iteration until ``shutdown()``; ``run_once(handler, timeout)`` does one.
+Each phase is a call into the collaborator that owns its state:
 
-One iteration
--------------
-1. **Wait.**  Ask the backend for readiness.  The wait is bounded by the
-   next timer deadline and by ``run_once``'s *timeout*; it does not block at
-   all when messages, signals or due timeouts are already pending.  Before
-   it blocks, the loop announces it on the channel (``sleeping``) and
-   re-checks the queue: see ``metalio.channel`` for why no message can be
-   stranded.
-2. **I/O.**  ``handler.ready(loop, token, ready)`` once per token, with the
-   flags of every descriptor registered under that token merged.  The loop
-   reads the backend's raw ``(fd, native_mask)`` pairs (``Poll.raw_poll``)
-   and translates them with the dispatch index: per event two list
-   indexings and one dict lookup for its ``Ready`` value, no ``Event``
-   object.  Merging is needed only when two descriptors share a token; the
-   index counts the registrations per token and the loop takes the merging
-   path only while some token is shared (or on a backend that may report
-   one descriptor twice, ``Facts.unique_fds``).  Internal descriptors (the
-   awakener, the signal socket) carry reserved, negative tokens
-   (``metalio._flags``) and never reach the handler.
-3. **Signals.**  If the signal socket was readable: ``handler.interrupted
-   (loop)`` once, then ``handler.signal(loop, signum)`` for each added signal
-   that arrived, in arrival order.
-4. **Messages.**  Up to ``messages_per_tick`` ``handler.notify(loop, msg)``
-   calls, oldest first (``channel.deliver``).  The number is fixed when the
-   phase starts, so messages sent from ``notify`` itself wait for the next
-   iteration.
-5. **Timers.**  ``handler.timeout(loop, payload)`` for every due timeout,
-   earlier deadlines first.  The wheel keeps ``Timer.soonest``, a lower
-   bound on its pending deadlines (``set_timeout`` lowers it,
-   ``next_deadline()`` makes it exact again after each firing), so an
-   iteration with nothing due costs one comparison (and no clock read when
-   nothing is pending), and ``loop.timeout`` is a single call into the
-   wheel.
-6. ``handler.tick(loop)``.
+1. **wait** (``_wait``): for readiness, bounded by ``Timer.soonest`` and
+   *timeout*, not at all when messages, signals or due timeouts are
+   pending; the channel's sleep handshake around a wait that may block;
+   readiness tracking's epoch advanced when it returns;
+2. **I/O** (``IoDispatcher.dispatch``): ``handler.ready(loop, token,
+   ready)`` at most once per token;
+3. **signals**: ``interrupted`` once, then ``signal`` per arrived signal;
+4. **messages** (``channel.deliver``): up to ``messages_per_tick``
+   ``notify`` calls;
+5. **timers** (``_fire``): ``timeout`` per due timeout, earlier first;
+6. ``tick``.
 
-``run`` looks the handler's methods up once, when it starts
-(``metalio.handler.bind``); a method a handler does not override
-(``Handler``'s no-op) is not called at all.
+An exception raised by a handler propagates out of ``run``/``run_once`` and
+nothing is lost or duplicated: what was being handled counts as delivered,
+the rest stays pending and is delivered first by the next iteration.
+``Sender.send``, ``shutdown`` and registration may be called from any
+thread; everything else belongs to the loop's thread.  ``docs/loop.md`` has
+the whole theory: the phases in detail, when ``interrupted`` runs, the
+exception rules and threads.
 
-When is ``interrupted`` called?
--------------------------------
-Only while at least one signal is added (``add_signal``): then the loop owns
-the process's ``set_wakeup_fd``, and ``interrupted(loop)`` runs once in every
-iteration whose wait found bytes on the signal socket, i.e. when one or more
-signals that have a Python-level handler arrived since the previous
-iteration: the added ones, and any other signal handled at Python level
-(SIGINT, for instance).  It runs in phase 3, before that iteration's
-``signal`` calls.  Without added signals nothing tells the loop about an
-interrupted wait: CPython retries the system call itself (PEP 475).
-
-Exceptions
-----------
-An exception raised by a handler method propagates out of ``run`` /
-``run_once`` and nothing is lost or duplicated:
-
-* the event, message, signal or timeout being handled counts as delivered;
-* I/O events of that iteration not yet delivered are kept, and the next
-  iteration delivers them *instead of* waiting (the fresh readiness comes
-  with the iteration after; registrations changed in between are looked up
-  again, deregistered ones are dropped);
-* undelivered messages stay queued, undelivered signals and due timeouts
-  stay pending, and all are delivered first, in their order, by the next
-  iteration;
-* ``is_running()`` is false once it has propagated, and ``run`` may be
-  called again.
-
-An exception raised by a Python signal handler during the wait (for example
-``KeyboardInterrupt``) propagates the same way.
-
-Threads
--------
-``Sender.send``, ``shutdown`` and ``register``/``reregister``/``deregister``
-may be called from any thread.  Everything else belongs to the thread that
-runs the loop: ``timeout``/``clear_timeout`` (the wheel is not thread-safe),
-``run``/``run_once``, ``close``.  ``add_signal``/``remove_signal`` and a
-``close`` that has signals to restore need the main thread.
+What it must not know: how the backends wait, how the channel, the timer or
+the dispatch index keep their state.
 """
 
 from __future__ import annotations

@@ -23,10 +23,9 @@ Why a dict and not a flat array: the lookup is the one operation a program
 makes on every event, and a dict does it in C.  ``slab.get`` *is* the dict's
 own ``get`` (bound per slab), so ``slab.get(token)`` costs one C call and no
 Python frame; a list-backed slab needs a Python method for the offset, the
-bounds and the vacancy check (about 50 ns more per event, measured with the
-echo benchmark's handler).  The price is memory: a dict entry costs about
-30 bytes where a list slot costs 8 (the key's ``int`` object is shared with
-the registration that carries it as its token).  ``slab[key]``, ``in``,
+bounds and the vacancy check, a frame per event.  The price is memory: a
+dict entry is several times a list slot (the key's ``int`` object is shared
+with the registration that carries it as its token).  ``slab[key]``, ``in``,
 ``remove`` and the rest are Python methods that check their key strictly.
 
 Key reuse and the token hazard

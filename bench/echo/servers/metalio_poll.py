@@ -19,11 +19,13 @@ echoes until SIGTERM/SIGINT, exits 0)
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 
-_SRC = Path(__file__).resolve().parents[3] / "src"
+# METALIO_SRC: another tree's src/ (run.py --baseline measures two trees at once).
+_SRC = Path(os.environ.get("METALIO_SRC") or Path(__file__).resolve().parents[3] / "src")
 if (_SRC / "metalio").is_dir():
     sys.path.insert(0, str(_SRC))
 

@@ -21,9 +21,9 @@ POSIX the stream calls go straight to ``os.read``/``os.readv``/``os.write``/
 dispatch or timeout bookkeeping; the perf anchors found them cheaper inside a
 full server loop, ``bench/bench_sockets.py`` finds them at least as cheap
 per call); on Windows, where those do not work on sockets, the ``socket``
-methods.  The wrapper adds about 0.02-0.09 us per call over the bare call,
-and an idle accepted stream with its epoll registration and slab entry
-about 330 bytes (the bench has the figures).
+methods.  The wrapper's cost per call over the bare call, and an idle
+accepted stream's memory with its registration and slab entry, are in
+``bench/README.md``.
 
 Facts of the platforms that the API exposes rather than hides:
 
