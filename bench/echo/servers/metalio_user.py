@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
         handler = Echo(listener)
         print("ready", flush=True)
         loop.run(handler)
-        for token, conn in list(handler.conns.items()):
+        for token, _ in list(handler.conns.items()):
             handler.close(loop, token)
     return 0
 
