@@ -908,3 +908,34 @@ def test_event_for_a_never_registered_fd_is_ignored() -> None:
         ev.run_once(rec, timeout=0)
         assert answers == []  # the fake was asked
         assert rec.kinds("ready") == []
+
+
+def test_subclass_overrides_are_honoured() -> None:
+    """A subclass of EventLoop that overrides register & co. is called, not bypassed
+    (the loop used to bind the registry's methods as instance attributes)."""
+    calls: list[str] = []
+
+    class Audited(EventLoop):
+        def register(self, *args: Any, **kwargs: Any) -> None:
+            calls.append("register")
+            super().register(*args, **kwargs)
+
+        def reregister(self, *args: Any, **kwargs: Any) -> None:
+            calls.append("reregister")
+            super().reregister(*args, **kwargs)
+
+        def deregister(self, source: Any) -> None:
+            calls.append("deregister")
+            super().deregister(source)
+
+        def clear_timeout(self, timeout: Any) -> bool:
+            calls.append("clear_timeout")
+            return super().clear_timeout(timeout)
+
+    a, b = socket.socketpair()
+    with a, b, Audited() as loop:
+        loop.register(a, 1, R)
+        loop.reregister(a, 2, R)
+        loop.deregister(a)
+        assert loop.clear_timeout(loop.timeout("x", 1.0))
+    assert calls == ["register", "reregister", "deregister", "clear_timeout"]

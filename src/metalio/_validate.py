@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Final
 
 __all__ = ["MAX_WAIT", "count", "delay", "real", "resolution", "seconds", "wait"]
@@ -43,6 +44,16 @@ MAX_WAIT: Final = 2_000_000.0
 ``int`` of milliseconds.  Longer waits are waits without a bound."""
 
 
+def _is_decimal(value: object) -> bool:
+    """``decimal.Decimal`` is a real number that ``numbers.Real`` does not admit.
+
+    A program that never imported ``decimal`` has no Decimal to pass, so the
+    module is not imported here just to ask.
+    """
+    decimal = sys.modules.get("decimal")
+    return decimal is not None and isinstance(value, decimal.Decimal)
+
+
 def real(value: object, what: str) -> float:
     """*value* as a ``float`` (NaN passes); numbers beyond the float range become infinities.
 
@@ -50,7 +61,7 @@ def real(value: object, what: str) -> float:
     """
     kind = type(value)
     if (kind is not float and kind is not int) and (
-        isinstance(value, bool) or not isinstance(value, numbers.Real)
+        isinstance(value, bool) or not (isinstance(value, numbers.Real) or _is_decimal(value))
     ):
         raise TypeError(f"{what} must be a real number of seconds, not {kind.__name__}")
     try:
