@@ -90,10 +90,8 @@ def test_short_waits_everywhere(timeout: Any) -> None:
         loop.run_once(Handler(), timeout=timeout)
 
 
-@pytest.mark.parametrize("bad", NOT_SECONDS[:-3] + [[1], 1j], ids=repr)
+@pytest.mark.parametrize("bad", [True, "1", b"1", [1], 1j], ids=repr)
 def test_waits_refuse_non_reals(bad: Any) -> None:
-    if bad is None:
-        return  # None is the wait without a bound
     with Poll() as poll, pytest.raises(TypeError, match="timeout must be a real number"):
         poll.poll(Events(), bad)
     with EventLoop() as loop, pytest.raises(TypeError, match="timeout must be a real number"):
