@@ -36,12 +36,14 @@ __all__ = [
     "IOV_MAX",
     "READ",
     "WRITE",
+    "FdSource",
     "FdState",
     "fd_try_read",
     "fd_try_read_into",
     "fd_try_write",
     "fd_try_writev",
     "init_state",
+    "read_size",
     "would_block",
 ]
 
@@ -78,6 +80,28 @@ class FdState(Protocol):
     _polls: int  # how many Polls the source is registered with
 
 
+class FdSource:
+    """Base of every metalio source type: the slots of :class:`FdState`."""
+
+    __slots__ = ("_epoch", "_fd", "_polls", "_rearm", "_rmark", "_wmark")
+
+    _fd: int
+    _rearm: RearmHook | None
+    _epoch: Epoch | None
+    _rmark: float
+    _wmark: float
+    _polls: int
+
+    def fileno(self) -> int:
+        """The descriptor number, ``-1`` once closed."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once the source is closed."""
+        return self._fd < 0
+
+
 def init_state(source: Any, fd: int) -> None:
     """Give a new source its funnel state: descriptor *fd*, untracked, no hook."""
     source._fd = fd
@@ -85,6 +109,20 @@ def init_state(source: Any, fd: int) -> None:
     source._epoch = None
     source._rmark = source._wmark = -1
     source._polls = 0
+
+
+def read_size(n: int, what: str) -> int:
+    """*n* for a read that allocates *n* bytes: at least 1, at most ``READ_LIMIT``.
+
+    A read may always return fewer bytes than asked for, so a larger *n* is
+    clamped rather than refused.  Callers test ``0 < n <= READ_LIMIT``
+    themselves first, so the usual case costs no call.
+
+    :raises ValueError: *n* < 1 (an empty read would look like end of stream).
+    """
+    if n < 1:
+        raise ValueError(f"{what} needs n >= 1")
+    return READ_LIMIT
 
 
 def would_block(source: FdState, direction: int, now: float = -1) -> None:
@@ -113,9 +151,7 @@ def fd_try_read(self: FdState, n: int = 65536) -> bytes | None:
         closed, ...).
     """
     if not 0 < n <= READ_LIMIT:
-        if n < 1:
-            raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
-        n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
+        n = read_size(n, "try_read")
     epoch = self._epoch
     now = -1.0
     if epoch is not None:

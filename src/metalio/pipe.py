@@ -42,9 +42,14 @@ import sys
 import warnings
 from typing import TypeVar
 
-from ._fdio import fd_try_read, fd_try_read_into, fd_try_write, fd_try_writev, init_state
-from ._readiness import Epoch
-from ._source import RearmHook
+from ._fdio import (
+    FdSource,
+    fd_try_read,
+    fd_try_read_into,
+    fd_try_write,
+    fd_try_writev,
+    init_state,
+)
 
 __all__ = ["PipeReader", "PipeWriter", "pipe"]
 
@@ -54,17 +59,10 @@ if sys.platform == "win32":  # pragma: no cover
 _E = TypeVar("_E", bound="_PipeEnd")
 
 
-class _PipeEnd:
+class _PipeEnd(FdSource):
     """One end of a pipe: a descriptor it owns, and the funnel state of ``metalio._fdio``."""
 
-    __slots__ = ("_epoch", "_fd", "_polls", "_rearm", "_rmark", "_wmark")
-
-    _fd: int
-    _rearm: RearmHook | None
-    _epoch: Epoch | None
-    _rmark: float
-    _wmark: float
-    _polls: int
+    __slots__ = ()
 
     def __init__(self, fd: int) -> None:
         """Adopt the open descriptor *fd*: make it non-blocking and non-inheritable.
@@ -81,15 +79,6 @@ class _PipeEnd:
         os.set_blocking(fd, False)
         os.set_inheritable(fd, False)
         self._fd = int(fd)
-
-    def fileno(self) -> int:
-        """The descriptor number, ``-1`` once closed."""
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        """``True`` once :meth:`close` has run."""
-        return self._fd < 0
 
     def close(self) -> None:
         """Close this end.  Closing twice is harmless.

@@ -24,15 +24,16 @@ from .._fdio import (
     IOV_MAX,
     READ,
     WRITE,
+    FdSource,
     fd_try_read,
     fd_try_read_into,
     fd_try_write,
     fd_try_writev,
     init_state,
+    read_size,
     would_block,
 )
-from .._readiness import Epoch
-from .._source import READ_LIMIT, RearmHook
+from .._source import READ_LIMIT
 
 __all__ = [
     "IOV_MAX",
@@ -100,7 +101,7 @@ def _empty_read(buffer: Any) -> int:
     return 0
 
 
-class SocketSource:
+class SocketSource(FdSource):
     """Base of every socket type: the descriptor, the ``_rearm`` slot, closing.
 
     Subclasses add no per-instance state (``__slots__ = ()``) except the
@@ -108,7 +109,7 @@ class SocketSource:
     (``metalio._fdio.FdState``) plus the ``socket.socket`` it owns.
     """
 
-    __slots__ = ("_epoch", "_fd", "_polls", "_rearm", "_rmark", "_wmark", "socket")
+    __slots__ = ("socket",)
 
     socket: _Socket
     """The underlying ``socket.socket``, for options and inspection.
@@ -117,26 +118,11 @@ class SocketSource:
     object caches the descriptor number, and a number closed behind its back
     may be reused by the OS for another file.
     """
-    _fd: int
-    _rearm: RearmHook | None
-    _epoch: Epoch | None
-    _rmark: float
-    _wmark: float
-    _polls: int
 
     def __init__(self, sock: _Socket) -> None:
         """Wrap *sock*, which must already be non-blocking; prefer the class's constructors."""
         self.socket = sock
         init_state(self, sock.fileno())
-
-    def fileno(self) -> int:
-        """The descriptor number, ``-1`` once closed."""
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        """``True`` once :meth:`close` has run."""
-        return self._fd < 0
 
     def close(self) -> None:
         """Close the socket.  Closing twice is harmless.
@@ -208,9 +194,7 @@ class StreamSource(SocketSource):
 
         def try_read(self, n: int = 65536) -> bytes | None:
             if not 0 < n <= READ_LIMIT:
-                if n < 1:
-                    raise ValueError("try_read needs n >= 1 (b'' would mean end of stream)")
-                n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
+                n = read_size(n, "try_read")
             try:
                 return self.socket.recv(n)
             except BlockingIOError:
@@ -248,9 +232,7 @@ class StreamSource(SocketSource):
         :raises OSError: a real failure.
         """
         if not 0 < n <= READ_LIMIT:
-            if n < 1:
-                raise ValueError("try_peek needs n >= 1 (b'' would mean end of stream)")
-            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
+            n = read_size(n, "try_peek")
         try:
             return self.socket.recv(n, _MSG_PEEK)
         except BlockingIOError:
@@ -344,9 +326,7 @@ class DatagramSource(SocketSource):
         :raises OSError: a real failure.
         """
         if not 0 < n <= READ_LIMIT:
-            if n < 1:
-                raise ValueError("try_recv_from needs n >= 1")
-            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
+            n = read_size(n, "try_recv_from")
         try:
             return self.socket.recvfrom(n)
         except BlockingIOError:
@@ -373,9 +353,7 @@ class DatagramSource(SocketSource):
         :raises OSError: a real failure.
         """
         if not 0 < n <= READ_LIMIT:
-            if n < 1:
-                raise ValueError("try_recv needs n >= 1")
-            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
+            n = read_size(n, "try_recv")
         try:
             return self.socket.recv(n)
         except BlockingIOError:
@@ -389,9 +367,7 @@ class DatagramSource(SocketSource):
         :raises OSError: a real failure.
         """
         if not 0 < n <= READ_LIMIT:
-            if n < 1:
-                raise ValueError("try_peek_from needs n >= 1")
-            n = READ_LIMIT  # at most n bytes: a smaller read keeps the promise
+            n = read_size(n, "try_peek_from")
         try:
             return self.socket.recvfrom(n, _MSG_PEEK)
         except BlockingIOError:
