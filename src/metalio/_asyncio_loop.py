@@ -69,7 +69,6 @@ copied when the run started.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -119,37 +118,67 @@ def _release(loop: EventLoop) -> None:
     loop._active = False
 
 
-def _stepper(loop: EventLoop, handler: Handler) -> Callable[[], None]:
-    """One iteration whose wait does not block: ``run_once(handler, 0)``
-    without its "already running" check (the run holds the loop).
+#: ``_iteration``'s result when ``shutdown()`` ended the run (any negative number).
+_STOPPED: Final = -1.0
 
-    Needs ``_iterate(handler, once, limit)``.
+
+def _iteration(loop: EventLoop, handler: Handler) -> Callable[[], float]:
+    """One iteration that does not block, then what ``run()`` would wait for.
+
+    The returned function clears the channel's ``sleeping`` flag, runs
+    ``run_once(handler, 0)`` without its "already running" check (the run
+    holds the loop) and then answers:
+
+    * ``_STOPPED`` (negative): ``shutdown()`` was called;
+    * ``0.0``: do not wait (queued messages, undelivered signals, timeouts
+      taken but not delivered, I/O events kept after a handler exception, a
+      deadline already reached: the cases where ``run()`` waits 0);
+    * otherwise the loop may sleep until the returned deadline in the loop's
+      clock (``math.inf``: none), and it has announced the sleep on the
+      channel: ``sleeping`` set, then the queue re-checked (``0.0`` if a
+      message had arrived).
+
+    One Python call per iteration: this is the hot path of every wake-up.
+    Needs ``_iterate(handler, once, limit)``, ``_running``, ``_notify``
+    (``queue``, ``sleeping``, ``locked``, ``announce_sleep()``), ``_sigq``,
+    ``_due``, ``_leftover``, ``_timer._soonest`` (a lower bound on the
+    pending deadlines: may be early, never late) and ``_clock``.
     """
-    return functools.partial(loop._iterate, handler, True, 0.0)
-
-
-def _pending_probe(loop: EventLoop) -> Callable[[], bool]:
-    """Whether the next iteration must not wait: queued messages, undelivered
-    signals or taken-but-undelivered timeouts, I/O events kept after a handler
-    exception (the conditions under which ``run()`` waits with timeout 0).
-
-    Needs ``_notify.queue``, ``_sigq``, ``_due``, ``_leftover``.
-    """
-    queue = loop._notify.queue
+    iterate = loop._iterate
+    core = loop._notify
+    queue = core.queue
     sigq = loop._sigq
     due = loop._due
+    timer = loop._timer
+    clock = loop._clock
+    locked = core.locked
 
-    def pending() -> bool:
-        return bool(queue or sigq or due) or loop._leftover is not None
+    def iteration() -> float:
+        core.sleeping = False
+        iterate(handler, True, 0.0)
+        if not loop._running:
+            return _STOPPED
+        if queue or sigq or due or loop._leftover is not None:
+            return 0.0
+        soonest = timer._soonest
+        if soonest != _INF and soonest <= clock():
+            return 0.0
+        if locked:
+            if not core.announce_sleep():
+                return 0.0
+        else:
+            core.sleeping = True
+            if queue:  # re-check after announcing: see metalio.channel
+                return 0.0
+        return soonest
 
-    return pending
+    return iteration
 
 
 def _deadline_probe(loop: EventLoop) -> Callable[[], float]:
     """The wheel's next deadline in the loop's clock (``math.inf``: none).
 
-    A lower bound (may be early, never late); an iteration that reaches it
-    makes it exact.  Needs ``_timer._soonest``.
+    A lower bound, as in ``_iteration``.  Needs ``_timer._soonest``.
     """
     timer = loop._timer
 
@@ -159,30 +188,14 @@ def _deadline_probe(loop: EventLoop) -> Callable[[], float]:
     return soonest
 
 
-def _sleep_handshake(loop: EventLoop) -> tuple[Callable[[], bool], Callable[[], None]]:
-    """``(announce, wake_up)``: the loop's half of the channel's handshake.
+def _clock(loop: EventLoop) -> Callable[[], float]:
+    """The clock of the loop's timer.  Needs ``_clock``."""
+    return loop._clock
 
-    ``announce()`` sets ``sleeping`` and then re-checks the queue; ``False``
-    means a message is queued and the loop must not sleep.  ``wake_up()``
-    clears ``sleeping`` (the start of every step).  Needs ``_notify``'s
-    ``sleeping``, ``queue``, ``locked`` and ``announce_sleep()`` (the locked
-    form for free-threaded builds).
-    """
-    core = loop._notify
-    announce: Callable[[], bool]
-    if core.locked:
-        announce = core.announce_sleep
-    else:
-        queue = core.queue
 
-        def announce() -> bool:
-            core.sleeping = True
-            return not queue  # re-check after announcing: see metalio.channel
-
-    def wake_up() -> None:
-        core.sleeping = False
-
-    return announce, wake_up
+def _stop_sleeping(loop: EventLoop) -> None:
+    """Clear the channel's ``sleeping`` flag (the run is over).  Needs ``_notify.sleeping``."""
+    loop._notify.sleeping = False
 
 
 def _hook_timeout(loop: EventLoop, changed: Callable[[], None]) -> Callable[[], None]:
@@ -225,19 +238,15 @@ class _AsyncRun:
 
     __slots__ = (
         "_aloop",
-        "_announce",
         "_armed",
         "_clock",
         "_fd",
+        "_iteration",
         "_loop",
-        "_pending",
         "_soon",
         "_soonest",
-        "_step_once",
-        "_stepping",
         "_timer",
         "_undo_hook",
-        "_wake_up",
         "done",
         "finished",
     )
@@ -248,15 +257,12 @@ class _AsyncRun:
         self._loop = loop
         self._aloop = aloop
         self._fd = fd
-        self._step_once = _stepper(loop, handler)
-        self._pending = _pending_probe(loop)
+        self._iteration = _iteration(loop, handler)
         self._soonest = _deadline_probe(loop)
-        self._announce, self._wake_up = _sleep_handshake(loop)
-        self._clock = loop.config.clock
+        self._clock = _clock(loop)
         self._soon: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._armed = _INF  # the deadline (loop clock) _timer was armed for
-        self._stepping = False
         self._undo_hook: Callable[[], None] | None = None
         self.done: asyncio.Future[None] = aloop.create_future()
         self.finished = False
@@ -295,11 +301,8 @@ class _AsyncRun:
         self._step()
 
     def _timeout_set(self) -> None:
-        """``loop.timeout`` was called: arm for the new deadline if it is the earliest.
-
-        Inside a step the step's own scheduling does it.
-        """
-        if self._stepping or self.finished:
+        """``loop.timeout`` was called: arm for the new deadline if it is the earliest."""
+        if self.finished:
             return
         soonest = self._soonest()
         if soonest < self._armed:
@@ -311,43 +314,29 @@ class _AsyncRun:
         self._timer = self._aloop.call_later(max(delay, 0.0), self._on_timer)
         self._armed = deadline
 
-    def _call_soon(self) -> None:
-        if self._soon is None:
-            self._soon = self._aloop.call_soon(self._on_soon)
-
     # -- the step --------------------------------------------------------------
 
     def _step(self) -> None:
-        """One iteration, then decide what to wait for (module docstring)."""
+        """One iteration, then schedule what it asked for (module docstring)."""
         if self.finished:
             return
-        self._wake_up()
-        self._stepping = True
         try:
-            self._step_once()
+            deadline = self._iteration()
         except BaseException as exc:
-            self._stepping = False
             self.finish(exc)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: asyncio's business too
             return
-        self._stepping = False
-        if not self._loop.is_running():
-            self.finish(None)
+        if deadline == _INF:  # asleep, no timer: the reader wakes it
             return
-        if self._pending():
-            self._call_soon()
+        if deadline <= 0.0:
+            if deadline < 0.0:
+                self.finish(None)
+            elif self._soon is None:
+                self._soon = self._aloop.call_soon(self._on_soon)
             return
-        soonest = self._soonest()
-        if soonest != _INF:
-            delay = soonest - self._clock()
-            if delay <= 0.0:
-                self._call_soon()
-                return
-            if soonest < self._armed:
-                self._arm(soonest, delay)
-        if not self._announce():
-            self._call_soon()
+        if deadline < self._armed:
+            self._arm(deadline, deadline - self._clock())
 
     def finish(self, exc: BaseException | None) -> None:
         """End the run: remove every asyncio hook, release the loop, resolve ``done``.
@@ -367,7 +356,7 @@ class _AsyncRun:
                 self._timer.cancel()
                 self._timer = None
             self._armed = _INF
-            self._wake_up()
+            _stop_sleeping(self._loop)
             if self._undo_hook is not None:
                 self._undo_hook()
                 self._undo_hook = None
