@@ -409,6 +409,20 @@ def test_shutdown_from_another_thread(arun: Any, loop: EventLoop) -> None:
     assert not loop.is_running()
 
 
+def test_shutdown_from_a_coroutine_wakes_the_sleeping_loop(arun: Any, loop: EventLoop) -> None:
+    h = Recorder()
+
+    async def main() -> None:
+        run = asyncio.ensure_future(loop.run_async(h))
+        await asyncio.sleep(0.05)  # asleep: nothing armed, nothing readable
+        loop.shutdown()  # same thread, outside any iteration
+        await run
+
+    arun(main())
+    assert not loop.is_running()
+    assert h.ticks >= 2  # the first iteration and the one that saw the shutdown
+
+
 def test_send_from_threads_and_coroutines_wakes_it(arun: Any, loop: EventLoop) -> None:
     n = 200
     h = Recorder(stop_on=None)

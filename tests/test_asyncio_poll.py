@@ -147,6 +147,35 @@ def test_poll_events_one_waiter_at_a_time(arun: Any, poll: Poll) -> None:
     arun(main())
 
 
+def test_poll_events_abandoned_between_steps_does_not_spin(
+    arun: Any, poll: Poll, pairs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pairs[0]
+    poll.registry.register(a, 1, Interest.READABLE)  # LEVEL: readable until read
+    b.send(b"never read")
+    calls = 0
+    on_readable = metalio.asyncio.PollEvents._on_readable
+
+    def counting(self: metalio.asyncio.PollEvents) -> None:
+        nonlocal calls
+        calls += 1
+        on_readable(self)
+
+    monkeypatch.setattr(metalio.asyncio.PollEvents, "_on_readable", counting)
+
+    async def main() -> None:
+        stream = metalio.asyncio.poll_events(poll, Events())
+        assert await stream.__anext__() == 1
+        # The consumer stops asking (no close) while the Poll stays readable.
+        await asyncio.sleep(0.3)
+        stream.close()
+
+    arun(main())
+    # Spinning is one call per asyncio iteration (tens of thousands); the
+    # bridge stops watching at the first call that finds nobody waiting.
+    assert calls <= 3, calls
+
+
 def test_watch_calls_back_until_cancelled(arun: Any, poll: Poll, pairs: Any) -> None:
     a, b = pairs[0]
     poll.registry.register(a, 9, Interest.READABLE, PollOpt.EDGE)
