@@ -362,7 +362,9 @@ class _AsyncRun:
                 self._undo_hook = None
             _release(self._loop)
             done = self.done
-            if not done.done():
+            # A closed asyncio loop (a run abandoned with its loop) cannot
+            # schedule the future's callbacks; nobody awaits it any more.
+            if not done.done() and not self._aloop.is_closed():
                 if exc is None:
                     done.set_result(None)
                 elif isinstance(exc, StopIteration):
