@@ -135,41 +135,36 @@ def _iteration(loop: EventLoop, handler: Handler) -> Callable[[], float]:
       deadline already reached: the cases where ``run()`` waits 0);
     * otherwise the loop may sleep until the returned deadline in the loop's
       clock (``math.inf``: none), and it has announced the sleep on the
-      channel: ``sleeping`` set, then the queue re-checked (``0.0`` if a
-      message had arrived).
+      channel (``before_sleep()``: ``sleeping`` set, then the queue
+      re-checked; ``0.0`` if a message had arrived).
 
     One Python call per iteration: this is the hot path of every wake-up.
-    Needs ``_iterate(handler, once, limit)``, ``_running``, ``_notify``
-    (``queue``, ``sleeping``, ``locked``, ``announce_sleep()``), ``_sigq``,
-    ``_due``, ``_leftover``, ``_timer._soonest`` (a lower bound on the
-    pending deadlines: may be early, never late) and ``_clock``.
+    Needs ``_iterate(handler, once, limit)``, ``_running``, ``_channel``
+    (``queue``, ``sleeping``, ``before_sleep()``), ``_sigq``, ``_due``,
+    ``_io.leftover``, ``_timer`` (``Timer.soonest``) and ``_clock``.
     """
     iterate = loop._iterate
-    core = loop._notify
-    queue = core.queue
+    channel = loop._channel
+    inbox = channel.queue
+    before_sleep = channel.before_sleep
     sigq = loop._sigq
     due = loop._due
+    io = loop._io
     timer = loop._timer
     clock = loop._clock
-    locked = core.locked
 
     def iteration() -> float:
-        core.sleeping = False
+        channel.sleeping = False
         iterate(handler, True, 0.0)
         if not loop._running:
             return _STOPPED
-        if queue or sigq or due or loop._leftover is not None:
+        if inbox or sigq or due or io.leftover is not None:
             return 0.0
-        soonest = timer._soonest
+        soonest = timer.soonest
         if soonest != _INF and soonest <= clock():
             return 0.0
-        if locked:
-            if not core.announce_sleep():
-                return 0.0
-        else:
-            core.sleeping = True
-            if queue:  # re-check after announcing: see metalio.channel
-                return 0.0
+        if not before_sleep():
+            return 0.0
         return soonest
 
     return iteration
@@ -178,12 +173,12 @@ def _iteration(loop: EventLoop, handler: Handler) -> Callable[[], float]:
 def _deadline_probe(loop: EventLoop) -> Callable[[], float]:
     """The wheel's next deadline in the loop's clock (``math.inf``: none).
 
-    A lower bound, as in ``_iteration``.  Needs ``_timer._soonest``.
+    ``Timer.soonest``: a lower bound, as in ``_iteration``.  Needs ``_timer``.
     """
     timer = loop._timer
 
     def soonest() -> float:
-        return timer._soonest
+        return timer.soonest
 
     return soonest
 
@@ -194,33 +189,27 @@ def _clock(loop: EventLoop) -> Callable[[], float]:
 
 
 def _stop_sleeping(loop: EventLoop) -> None:
-    """Clear the channel's ``sleeping`` flag (the run is over).  Needs ``_notify.sleeping``."""
-    loop._notify.sleeping = False
+    """Clear the channel's ``sleeping`` flag (the run is over).  Needs ``_channel.sleeping``."""
+    loop._channel.sleeping = False
 
 
 def _hook_timeout(loop: EventLoop, changed: Callable[[], None]) -> Callable[[], None]:
     """Make ``loop.timeout(...)`` call *changed()* after each timeout it sets.
 
-    Returns the undo.  Needs ``EventLoop`` to let an instance attribute
-    shadow the ``timeout`` method (it has no ``__slots__``; the loop itself
-    binds ``register`` & co. that way).
+    Returns the undo.  Needs ``_set_timeout`` (``timeout()`` is one call of
+    it; ``close()`` replaces it, but a running loop cannot be closed).
     """
-    attrs = vars(loop)
-    had_own = "timeout" in attrs
-    original: Callable[[Any, float], Timeout] = loop.timeout
+    original = loop._set_timeout
 
-    def timeout(payload: Any, delay: float) -> Timeout:
-        handle = original(payload, delay)
+    def set_timeout(delay: float, payload: Any) -> Timeout:
+        handle = original(delay, payload)
         changed()
         return handle
 
-    attrs["timeout"] = timeout
+    loop._set_timeout = set_timeout
 
     def undo() -> None:
-        if had_own:
-            attrs["timeout"] = original
-        else:
-            attrs.pop("timeout", None)
+        loop._set_timeout = original
 
     return undo
 
