@@ -182,6 +182,31 @@ def test_timers_fire_in_order_and_never_early(arun: Any, loop: EventLoop) -> Non
         assert when < set_at[payload] + delays[payload] + 5.0  # generous late bound
 
 
+def test_timer_wakeups_are_not_repeated_before_the_deadline(arun: Any, loop: EventLoop) -> None:
+    # uvloop rounds call_later delays to milliseconds and may call back early;
+    # an early call must re-arm, not spin through iterations until the deadline.
+    n = 20
+
+    class H(Recorder):
+        def timeout(self, loop: EventLoop, payload: object) -> None:
+            super().timeout(loop, payload)
+            if len(self.fired) == n:
+                loop.shutdown()
+            else:
+                loop.timeout(payload, 0.0073)
+
+    h = H()
+
+    async def main() -> None:
+        loop.timeout("again", 0.0073)
+        await loop.run_async(h)
+
+    arun(main())
+    assert len(h.fired) == n
+    # Two iterations per timeout: the wheel's lower bound, then its tick.
+    assert h.ticks <= 3 * n + 5, h.ticks
+
+
 def test_timeout_set_by_a_coroutine_wakes_the_sleeping_loop(arun: Any, loop: EventLoop) -> None:
     h = Recorder()
 
