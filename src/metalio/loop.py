@@ -307,6 +307,29 @@ class EventLoop:
         finally:
             self._active = False
 
+    async def run_async(self, handler: Handler) -> None:
+        """``run(handler)`` inside the running asyncio loop, until ``shutdown()``.
+
+        Iterations run as callbacks on the asyncio loop's thread, woken by the
+        Poll's descriptor, the next timer deadline and pending work, and never
+        block it.  Same phases and exception guarantees as ``run()``.
+        Cancelling the awaiting task stops the run; registrations, timeouts
+        and queued messages are kept.  See ``metalio._asyncio_loop``.
+
+        :raises ValueError: the loop is closed.
+        :raises io.UnsupportedOperation: the backend has no ``fileno()``
+            (poll, select).
+        :raises RuntimeError: the loop is already running (``run``,
+            ``run_once`` or another ``run_async``).
+        :raises OSError: asyncio refused the Poll's descriptor.
+        :raises BaseException: whatever a handler method raised (also
+            ``KeyboardInterrupt``/``SystemExit``, which asyncio sees too).
+        :raises asyncio.CancelledError: the awaiting task was cancelled.
+        """
+        from ._asyncio_loop import run_async
+
+        await run_async(self, handler)
+
     def _enter(self) -> None:
         if self._closed:
             raise ValueError("the event loop is closed")
