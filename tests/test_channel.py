@@ -555,3 +555,30 @@ def _no_leaked_threads() -> Iterator[None]:
     yield
     for th in set(threading.enumerate()) - before:
         th.join(5)
+
+
+def test_first_channel_from_another_thread_wakes_a_blocked_loop() -> None:
+    """A loop blocked with no senders yet did not announce its sleep; the first
+    channel() made by another thread must still get its messages through."""
+    got: list[Any] = []
+    with EventLoop() as loop:
+
+        class H(Handler):
+            def notify(self, ev: EventLoop, msg: Any) -> None:
+                got.append(msg)
+                ev.shutdown()
+
+        def later() -> None:
+            time.sleep(0.2)  # the loop is blocked by now
+            loop.channel().send("hello")
+
+        t = threading.Thread(target=later)
+        t.start()
+        watchdog = threading.Timer(10, loop.shutdown)  # a lost wake-up fails, not hangs
+        watchdog.start()
+        start = time.monotonic()
+        loop.run(H())
+        watchdog.cancel()
+        t.join()
+        assert got == ["hello"]
+        assert time.monotonic() - start < 8

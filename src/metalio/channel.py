@@ -325,5 +325,10 @@ _SEND_SLOT: Any = Sender.__dict__["send"]
 
 
 def _new_sender(core: _Notify) -> Sender[object]:
-    core.has_senders = True
+    if not core.has_senders:
+        core.has_senders = True
+        # The loop may be blocked in a wait it did not announce (it had no
+        # senders then): wake it once, so the next wait takes part in the
+        # sleep handshake and this sender's messages can end it.
+        core.wake()
     return Sender(core)
