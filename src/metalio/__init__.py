@@ -1,7 +1,7 @@
 """metalio: "metal IO" for Python, an event-driven I/O library in the model of Rust's mio.
 
 The public surface, re-exported from the modules that define it.  The
-contract is ``API.md`` (shared spec); the design notes are in ``docs/``.
+contract is ``docs/api.md`` (a copy of the shared spec); the user guide and design notes are in ``docs/``.
 Sockets live in ``metalio.net``; ``metalio.pipe()`` makes a non-blocking pipe.
 """
 
