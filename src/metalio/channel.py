@@ -102,8 +102,6 @@ class _Notify:
 
     * ``queue``: the FIFO of undelivered messages; the loop tests it for
       emptiness to decide whether it may block;
-    * ``has_senders``: ``channel()`` was called; until then the loop skips
-      the sleep handshake entirely;
     * :meth:`before_sleep` / ``sleeping = False``: the loop's half of the
       handshake around a wait that may block;
     * :meth:`deliver`: the message phase of one iteration;
@@ -118,7 +116,6 @@ class _Notify:
         "capacity",
         "closed",
         "credits",
-        "has_senders",
         "lock",
         "locked",
         "queue",
@@ -132,7 +129,6 @@ class _Notify:
         self.capacity = capacity
         self.sleeping = False
         self.closed = False
-        self.has_senders = False
         self.locked = _FREE_THREADED
         self.lock = threading.Lock()
         self.wakes = 0  # awakener writes made for sleeping loops (for benchmarks)
@@ -322,13 +318,3 @@ class Sender(Generic[M]):
 
 # The member descriptor of the ``send`` slot (see Sender.__init__).
 _SEND_SLOT: Any = Sender.__dict__["send"]
-
-
-def _new_sender(core: _Notify) -> Sender[object]:
-    if not core.has_senders:
-        core.has_senders = True
-        # The loop may be blocked in a wait it did not announce (it had no
-        # senders then): wake it once, so the next wait takes part in the
-        # sleep handshake and this sender's messages can end it.
-        core.wake()
-    return Sender(core)

@@ -43,7 +43,7 @@ from ._backends import MAX_TIMEOUT
 from ._flags import NOTIFY_TOKEN, SIGNAL_TOKEN, PollOpt
 from ._io_dispatch import IoDispatcher
 from ._signals import SignalSet, check_main_thread
-from .channel import Sender, _new_sender, _Notify
+from .channel import Sender, _Notify
 from .handler import Handler, bind, override
 from .loop_config import EventLoopConfig
 from .poll import Poll, Registry
@@ -206,7 +206,7 @@ class EventLoop:
         On a closed loop the sender exists but every ``send`` raises
         ``NotifyClosed``.
         """
-        return _new_sender(self._channel)
+        return Sender(self._channel)
 
     def timeout(self, payload: Any, delay: float) -> Timeout:
         """Call ``Handler.timeout(loop, payload)`` once, *delay* seconds from now.
@@ -402,7 +402,7 @@ class EventLoop:
                 elif t > MAX_TIMEOUT:
                     t = MAX_TIMEOUT
         capacity = self._config.events_capacity
-        if t != 0.0 and channel.has_senders:
+        if t != 0.0:
             if not channel.before_sleep():
                 t = 0.0
             try:
