@@ -78,11 +78,12 @@ _FREE_THREADED: Final = _is_gil_enabled is not None and not _is_gil_enabled()
 class Epoch:
     """The number a tracking Poll changes whenever a wait returns.
 
-    ``now`` is read by the sources; :meth:`advance` is called by whoever
-    waited, right after the kernel returned.
+    ``now`` is read by the sources.  Whoever waited stores a fresh value,
+    right after the kernel returned: ``epoch.now = epoch.take()`` (what
+    :meth:`advance` does; the event loop writes it out to save a frame).
     """
 
-    __slots__ = ("advance", "now")
+    __slots__ = ("now", "take")
 
     def __init__(self) -> None:
         self.now: float = 0
@@ -97,14 +98,13 @@ class Epoch:
                 with lock:
                     return take()
 
-            next_value: Callable[[], int] = take_locked
+            self.take: Callable[[], int] = take_locked
         else:
-            next_value = counter.__next__
+            self.take = counter.__next__  # one C call, atomic under the GIL
 
-        def advance() -> None:
-            self.now = next_value()
-
-        self.advance: Callable[[], None] = advance
+    def advance(self) -> None:
+        """A wait returned: no mark made before now can match any more."""
+        self.now = self.take()
 
 
 class _Never(Epoch):

@@ -102,6 +102,9 @@ class _Notify:
 
     * ``queue``: the FIFO of undelivered messages; the loop tests it for
       emptiness to decide whether it may block;
+    * ``has_senders``: ``channel()`` was called; until then the loop skips
+      the sleep handshake (``EventLoop.channel`` wakes a loop that may be
+      waiting unannounced when the first sender appears);
     * :meth:`before_sleep` / ``sleeping = False``: the loop's half of the
       handshake around a wait that may block;
     * :meth:`deliver`: the message phase of one iteration;
@@ -116,6 +119,7 @@ class _Notify:
         "capacity",
         "closed",
         "credits",
+        "has_senders",
         "lock",
         "locked",
         "queue",
@@ -129,6 +133,7 @@ class _Notify:
         self.capacity = capacity
         self.sleeping = False
         self.closed = False
+        self.has_senders = False
         self.locked = _FREE_THREADED
         self.lock = threading.Lock()
         self.wakes = 0  # awakener writes made for sleeping loops (for benchmarks)

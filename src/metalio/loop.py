@@ -80,12 +80,12 @@ class EventLoop:
     __slots__ = (
         "__weakref__",
         "_active",
-        "_advance",
         "_channel",
         "_clock",
         "_closed",
         "_config",
         "_due",
+        "_epoch",
         "_io",
         "_loop_thread",
         "_poll",
@@ -129,7 +129,7 @@ class EventLoop:
         self._registry = registry
         self._wait_native = poll.raw_poll
         tracking = poll.tracking
-        self._advance = tracking.epoch.advance if tracking.enabled else None
+        self._epoch = tracking.epoch if tracking.enabled else None
         self._clock = config.clock
         # The loop's wake-up time is the wheel's ``soonest``, a lower bound on
         # the pending deadlines that set_timeout keeps (may be early, never
@@ -206,7 +206,15 @@ class EventLoop:
         On a closed loop the sender exists but every ``send`` raises
         ``NotifyClosed``.
         """
-        return Sender(self._channel)
+        channel = self._channel
+        if not channel.has_senders:
+            channel.has_senders = True
+            if self._active and threading.get_ident() != self._loop_thread:
+                # The loop may be blocked in a wait it did not announce (it
+                # had no senders then): wake it once, so that its next wait
+                # takes part in the sleep handshake.
+                channel.wake()
+        return Sender(channel)
 
     def timeout(self, payload: Any, delay: float) -> Timeout:
         """Call ``Handler.timeout(loop, payload)`` once, *delay* seconds from now.
@@ -354,67 +362,80 @@ class EventLoop:
     # -- one iteration ------------------------------------------------------------
 
     def _iterate(self, handler: Handler, once: bool, limit: float | None) -> None:
-        """The loop itself: the phases of the module docstring, in order."""
+        """The loop itself: the phases of the module docstring, in order.
+
+        The wait is written out here rather than behind a call of its own:
+        it is the one phase that runs on every iteration, and a frame there
+        is a large part of the loop's own cost per iteration
+        (``bench/instructions.py`` counts it).
+        """
         ready, notify, on_timeout, tick = bind(handler)
         channel = self._channel
         inbox = channel.queue
+        locked = channel.locked
         timer = self._timer
         clock = self._clock
         sigq = self._sigq
         due = self._due
         mpt = self._config.messages_per_tick
+        capacity = self._config.events_capacity
         io = self._io
+        wait = self._wait_native
+        epoch = self._epoch
+        take = None if epoch is None else epoch.take
+        t: float | None
         while True:
+            # 1. Wait, no longer than the work pending allows.
             raw = io.leftover
             if raw is None:
-                raw = self._wait(limit)  # 1.
+                if inbox or sigq or due:
+                    t = 0.0
+                else:
+                    soonest = timer.soonest
+                    if soonest == _INF:
+                        t = limit
+                    else:
+                        t = soonest - clock()
+                        if t <= 0.0:
+                            t = 0.0
+                        elif limit is not None and limit < t:
+                            t = limit
+                        elif t > MAX_TIMEOUT:
+                            t = MAX_TIMEOUT
+                if t != 0.0 and channel.has_senders:
+                    # The channel's sleep handshake (metalio.channel): announce,
+                    # then re-check the queue (under the GIL written out).
+                    if locked:
+                        if not channel.before_sleep():
+                            t = 0.0
+                    else:
+                        channel.sleeping = True
+                        if inbox:
+                            t = 0.0
+                    try:
+                        raw = wait(t, capacity)
+                    finally:
+                        channel.sleeping = False
+                else:
+                    raw = wait(t, capacity)
+                if take is not None:
+                    # Readiness tracking: a wait returned (Epoch.advance, written out).
+                    epoch.now = take()  # type: ignore[union-attr]
             else:
                 io.leftover = None
             if raw:
-                io.dispatch(self, raw, ready)  # 2.
+                io.dispatch(self, raw, ready)  # 2. I/O
             if sigq:
-                self._deliver_signals(handler)  # 3.
+                self._deliver_signals(handler)  # 3. signals
             if inbox:
-                channel.deliver(self, notify, mpt)  # 4.
+                channel.deliver(self, notify, mpt)  # 4. messages
             soonest = timer.soonest
             if (soonest < _INF and soonest <= clock()) or due:
-                self._fire(on_timeout)  # 5.
+                self._fire(on_timeout)  # 5. timers
             if tick is not None:
                 tick(self)  # 6.
             if once or not self._running:
                 return
-
-    def _wait(self, limit: float | None) -> list[tuple[int, int]]:
-        """Phase 1: wait for readiness, no longer than the work pending allows."""
-        channel = self._channel
-        if channel.queue or self._sigq or self._due:
-            t: float | None = 0.0
-        else:
-            soonest = self._timer.soonest
-            if soonest == _INF:
-                t = limit
-            else:
-                t = soonest - self._clock()
-                if t <= 0.0:
-                    t = 0.0
-                elif limit is not None and limit < t:
-                    t = limit
-                elif t > MAX_TIMEOUT:
-                    t = MAX_TIMEOUT
-        capacity = self._config.events_capacity
-        if t != 0.0:
-            if not channel.before_sleep():
-                t = 0.0
-            try:
-                raw = self._wait_native(t, capacity)
-            finally:
-                channel.sleeping = False
-        else:
-            raw = self._wait_native(t, capacity)
-        advance = self._advance
-        if advance is not None:
-            advance()  # readiness tracking: a wait returned (metalio._readiness)
-        return raw
 
     # -- cold paths of the iteration -----------------------------------------------
 
