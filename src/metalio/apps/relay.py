@@ -89,6 +89,7 @@ DEFAULT_MAX_PENDING: Final = 4 << 20
 _READ_SIZE: Final = 1 << 16
 _SEEN_NODES: Final = 4096  # remote nodes whose sequence numbers are tracked
 _GAP_LOG_EVERY: Final = 10.0  # seconds between WARNING lines about gaps
+_REASONS: Final = 8  # distinct failure reasons logged loudly per outage; the rest at DEBUG
 _WRITABLE: Final = 2
 _READ_ANY: Final = 1 | 8 | 16  # READABLE | ERROR | READ_CLOSED
 
@@ -214,7 +215,7 @@ class Relay:
         self._overflowing = self._foreign_logged = self._publish_error_logged = False
         self._down_since: float | None = None
         self._dropped_at_loss = 0
-        self._last_reason: str | None = None
+        self._reasons: set[str] = set()  # logged loudly during this outage
         self._gap_logged_at = -_GAP_LOG_EVERY
         self._timers: dict[str, tuple[_Timer, Timeout]] = {}
         self._failure: str | None = None  # found where failing at once would re-enter
@@ -383,7 +384,7 @@ class Relay:
     def _became_up(self) -> None:
         self._up = True
         self._delay = self._backoff[0]
-        self._last_reason = None
+        self._reasons.clear()
         self._cancel_timer("deadline")
         self._seen.clear()  # a gap across our own outage was reported as the loss
         if not self._ever_up:
@@ -421,7 +422,7 @@ class Relay:
             self.stats.losses += 1
             self._down_since = time.monotonic()
             self._dropped_at_loss = self.stats.dropped
-            self._last_reason = reason
+            self._reasons.add(reason)
             self._log.warning(
                 "relay: lost %s: %s; serving local clients only, reconnecting",
                 self.url.redacted(),
@@ -429,8 +430,8 @@ class Relay:
             )
             if self._on_loss is not None:
                 self._on_loss(f"relay lost: {reason}")
-        elif reason != self._last_reason:
-            self._last_reason = reason
+        elif reason not in self._reasons and len(self._reasons) < _REASONS:
+            self._reasons.add(reason)
             self._log.log(
                 level,
                 "relay: %s: %s; retrying in %.2f s (back-off up to %g s)",
