@@ -413,3 +413,19 @@ def test_overflow_drops_for_the_relay_and_receivers_see_the_gap() -> None:
         assert seen == [i for i, ok in enumerate(results) if ok]
         assert b.relay.stats.missed == results.count(False)
         assert b.losses and "missed" in b.losses[0]
+
+
+def test_a_paused_node_still_reconnects_and_gets_what_came_after() -> None:
+    with redis_server() as server, nodes(server.url, "AB", backoff=(0.05, 0.5)) as group:
+        a, b = group
+        wait_until(lambda: all_up(group), what="relays up")
+        b.call(lambda relay: relay.pause_reading())
+        server.kill()
+        wait_until(lambda: not b.relay.up, what="B lost")
+        server.start()
+        wait_until(lambda: all_up(group), what="both back, B still paused")
+        assert b.call(lambda relay: relay.paused)
+        assert a.publish([(1, b"one"), (1, b"two")]) == [True, True]
+        b.call(lambda relay: relay.resume_reading())
+        wait_until(lambda: len(b.received) == 2)
+        assert b.received == [("A", 1, b"one"), ("A", 1, b"two")]

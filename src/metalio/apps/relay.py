@@ -1,52 +1,40 @@
 """The Redis pub/sub relay: broadcast chunks between nodes on one ``EventLoop``.
 
-This module owns the relay's connections to Redis and their life cycle:
-connecting, AUTH, SUBSCRIBE, publishing with a bounded buffer, reading the
-subscription, losing Redis and reconnecting with back-off.  The wire formats
-and the reply parser are in :mod:`metalio.apps.resp`.  It knows nothing about
-the broadcast server's clients: a server delegates two tokens and its
-relay timers to a :class:`Relay` and gets chunks back through a callback.
+This module owns the relay's policy: two connections to Redis and their life
+cycle, publishing through a bounded buffer, reading the subscription,
+pausing it, losing Redis and reconnecting.  The wire formats and the single
+connection are :mod:`metalio.apps.resp`'s.  It knows nothing of the
+broadcast server's clients: a server hands two tokens and the relay's timers
+to a :class:`Relay` and gets other nodes' chunks back through a callback.
+``docs/relay.md`` has the guarantees and the envelope.
 
 Theory of operation
 -------------------
-*Two connections.*  A subscribed Redis connection accepts only
-(P)SUBSCRIBE/UNSUBSCRIBE/PING, so the relay keeps one connection for
-``PUBLISH`` and one ``SUBSCRIBE``\\ d to the channel.  Both are metalio
-``TcpStream``\\ s registered ``EDGE`` for reading and writing under the two
-reserved tokens, drained with ``try_*`` until ``None``.  The relay is *up*
-when both have finished their handshake (``AUTH`` if the URL has a password,
-then ``PING`` answered ``PONG`` / the ``subscribe`` confirmation); any failure
-of either closes both, because a half relay would hide its loss.
+*Two connections*, because a subscribed connection takes no ``PUBLISH``.
+Both are ``EDGE``-registered ``TcpStream``\\ s drained with ``try_*``; the
+relay is *up* when both finished their handshake, and any failure closes
+both, since a half relay would hide its loss.
 
 *Publishing never waits.*  :meth:`Relay.publish` appends one ``PUBLISH`` to
-the publishing connection's buffer and writes at once; what the kernel does
-not take waits for the next writable edge.  The buffer is bounded
-(``max_pending``): a chunk that does not fit, or that arrives while the relay
-is down, is dropped for the relay and counted.  Delivery across nodes is
-therefore at-most-once; each envelope carries a per-node sequence number
-that counts dropped chunks too, so receivers see the gap.
+a bounded buffer (``max_pending``) and writes at once; the rest goes on the
+next writable edge.  A chunk that does not fit, or comes while the relay is
+down, is dropped and counted, so delivery across nodes is at-most-once; its
+sequence number is used all the same, so receivers see the gap.
 
-*Reading.*  Replies are parsed only by ``hiredis.Reader`` (``feed``/``gets``).
-A readable edge is served with at most ``read_budget`` reads; the rest, and
-any other work that must not run inside a caller's method, continues from a
-zero-delay timer of the relay's own.  ``on_message`` and ``on_loss`` are
-called only from :meth:`Relay.ready` and :meth:`Relay.timeout`, never from
-``publish``, ``pause_reading``, ``resume_reading`` or ``close``, so a server
-may call those anywhere without re-entering itself.
+*No re-entry.*  Reads are budgeted per edge (``read_budget``); leftovers,
+a resumed subscription and failures found inside ``publish`` continue from a
+zero-delay timer of the relay's.  ``on_message`` and ``on_loss`` are called
+only from :meth:`Relay.ready` and :meth:`Relay.timeout`.
 
-*Pausing.*  :meth:`Relay.pause_reading` stops reading the subscription (the
-kernel buffer fills, then Redis buffers for us); :meth:`resume_reading`
-drains what accumulated without waiting for a new edge.  Redis does not
-wait for a slow subscriber: past ``client-output-buffer-limit pubsub``
-(32 MB at once, or 8 MB for 60 s, by default) it closes the connection,
-which the relay sees as a loss when it reads again.
+*Pausing* the subscription leaves Redis buffering for this node; past its
+``client-output-buffer-limit pubsub`` (32 MB, or 8 MB for 60 s, by
+default) Redis closes the connection, which is seen as a loss on resuming.
 
-*Loss and reconnect.*  On loss the relay logs it once, calls ``on_loss``,
-and retries after an exponential, jittered back-off (``backoff``, 0.1 s
-doubling to 5 s by default), each attempt bounded by ``connect_timeout``.
-Repeated failures with the same reason are logged at DEBUG; when it is
-back it logs how long it was cut off and how many chunks it dropped.
-Nothing here ever spins: a failed attempt always waits for a timer.
+*Loss.*  Logged once, ``on_loss`` called, then retries after a jittered
+exponential back-off (0.1 s doubling to 5 s), each attempt bounded by
+``connect_timeout``; each distinct failure is logged once per outage, the
+repeats at DEBUG; once back, the log says how long it was cut off.  A
+failed attempt always waits for a timer: nothing spins.
 """
 
 from __future__ import annotations
@@ -57,22 +45,10 @@ import random
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from .resp import (
-    UP,
-    Connection,
-    ConnectionLost,
-    ReplyError,
-    command,
-    decode_envelope,
-    envelope_header,
-    pack_ids,
-    parse_url,
-    publish_prefix,
-    reader_factory,
-    short,
-)
+from . import resp
+from .resp import UP, Connection, ConnectionLost, ReplyError, short
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,38 +74,23 @@ _READ_ANY: Final = 1 | 8 | 16  # READABLE | ERROR | READ_CLOSED
 class RelayStats:
     """Counters of a :class:`Relay` (exact on the loop's thread)."""
 
-    published: int = 0
-    """Chunks accepted into the outgoing buffer."""
-    dropped: int = 0
-    """Chunks not relayed: the relay was down or the buffer full."""
+    published: int = 0  # chunks accepted into the outgoing buffer
+    dropped: int = 0  # chunks not relayed: the relay was down or the buffer full
     dropped_bytes: int = 0
-    received: int = 0
-    """Chunks of other nodes handed to ``on_message``."""
-    own: int = 0
-    """This node's own messages seen on the channel (skipped)."""
-    foreign: int = 0
-    """Messages on the channel that are not relay envelopes (ignored)."""
-    missed: int = 0
-    """Chunks of other nodes known to be missing (sequence gaps)."""
-    losses: int = 0
-    """Times the relay went from up to down."""
-    attempts: int = 0
-    """Connection attempts (each opens both connections)."""
-    publish_errors: int = 0
-    """Error replies to ``PUBLISH``."""
+    received: int = 0  # chunks of other nodes handed to on_message
+    own: int = 0  # this node's own messages seen on the channel (skipped)
+    foreign: int = 0  # messages on the channel that are not relay envelopes (ignored)
+    missed: int = 0  # chunks of other nodes known to be missing (sequence gaps)
+    losses: int = 0  # times the relay went from up to down
+    attempts: int = 0  # connection attempts (each opens both connections)
+    publish_errors: int = 0  # error replies to PUBLISH
 
 
-class _Timer:
+class _Timer(NamedTuple):
     """A relay timer payload; identity tells a live timer from a cancelled one."""
 
-    __slots__ = ("kind", "relay")
-
-    def __init__(self, relay: Relay, kind: str) -> None:
-        self.relay = relay
-        self.kind = kind
-
-    def __repr__(self) -> str:
-        return f"<relay timer {self.kind}>"
+    relay: Relay
+    kind: str
 
 
 class Relay:
@@ -175,14 +136,14 @@ class Relay:
         connect_timeout: float = 5.0,
         read_budget: int = 16,
     ) -> None:
-        self._make_reader = reader_factory()  # first: a missing extra is the clearest error
-        self.url = parse_url(url)
+        self._make_reader = resp.reader_factory()  # first: a missing extra is the clearest error
+        self.url = resp.parse_url(url)
         if node_id is None:
             node_id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a str, not {type(node_id).__name__}")
         self._node = node_id.encode()
-        self._header = envelope_header(self._node)
+        self._header = resp.envelope_header(self._node)
         if len(tokens) != 2 or tokens[0] == tokens[1]:
             raise ValueError(f"tokens must be two distinct tokens, got {tokens!r}")
         if not 0 < backoff[0] <= backoff[1]:
@@ -205,7 +166,8 @@ class Relay:
         self._read_budget = read_budget
         self._buf = bytearray(_READ_SIZE)
         self._channel = self.url.channel.encode()
-        self._prefix = publish_prefix(self._channel)
+        self._prefix = resp.publish_prefix(self._channel)
+        self._subscribe = resp.command("SUBSCRIBE", self._channel)
         self._overhead = len(self._prefix) + len(self._header) + 16 + 16
         self._seq = 0
         self._seen: dict[bytes, int] = {}
@@ -219,7 +181,8 @@ class Relay:
         self._gap_logged_at = -_GAP_LOG_EVERY
         self._timers: dict[str, tuple[_Timer, Timeout]] = {}
         self._failure: str | None = None  # found where failing at once would re-enter
-        self._log.info("relay: node %s joining %s", node_id, self.url.redacted())
+        self._where = self.url.redacted()
+        self._log.info("relay: node %s joining %s", node_id, self._where)
         self._connect()
 
     # -- the server's side ------------------------------------------------------
@@ -252,26 +215,18 @@ class Relay:
         self._seq = seq + 1  # dropped chunks use a number too: receivers see the gap
         size = len(data)
         out = self._pub.out
-        if (
-            not self._up
-            or self._failure is not None
-            or (len(out) + size + self._overhead > self._max_pending)
-        ):
+        if not self._up or self._failure or len(out) + size + self._overhead > self._max_pending:
             self.stats.dropped += 1
             self.stats.dropped_bytes += size
-            if self._up and self._failure is None and not self._overflowing:
+            if self._up and not self._failure and not self._overflowing:
                 self._overflowing = True
-                self._log.warning(
-                    "relay: outgoing buffer full (%d bytes unsent): dropping chunks "
-                    "for the relay until Redis catches up",
-                    len(out),
-                )
+                self._log.warning("relay: outgoing buffer full: dropping chunks for the relay")
             return False
         was_empty = not out
         out += self._prefix
         out += b"$%d\r\n" % (len(self._header) + 16 + size)
         out += self._header
-        out += pack_ids(client_id, seq)
+        out += resp.pack_ids(client_id, seq)
         out += data
         out += b"\r\n"
         self.stats.published += 1
@@ -285,7 +240,7 @@ class Relay:
         return True
 
     def pause_reading(self) -> None:
-        """Stop reading the subscription (the module docstring says what Redis does)."""
+        """Stop reading the subscription (see *Pausing* in the module docstring)."""
         self._paused = True
 
     def resume_reading(self) -> None:
@@ -319,7 +274,7 @@ class Relay:
 
     def timeout(self, payload: object) -> None:
         """Handle one of the relay's timers (from ``Handler.timeout``)."""
-        if not isinstance(payload, _Timer) or payload.relay is not self or self._closed:
+        if type(payload) is not _Timer or payload.relay is not self or self._closed:
             return
         kind = payload.kind
         live = self._timers.get(kind)
@@ -362,17 +317,11 @@ class Relay:
         url = self.url
         if url.password is not None:
             args = (url.username, url.password) if url.username else (url.password,)
-            auth.append(("auth", command("AUTH", *args)))
+            auth.append(("auth", resp.command("AUTH", *args)))
         try:
-            self._pub.open(
-                self._loop, url.address, self._make_reader(), [*auth, ("ping", command("PING"))]
-            )
-            self._sub.open(
-                self._loop,
-                url.address,
-                self._make_reader(),
-                [*auth, ("subscribe", command("SUBSCRIBE", self._channel))],
-            )
+            pub, sub = ("ping", resp.command("PING")), ("subscribe", self._subscribe)
+            self._pub.open(self._loop, url.address, self._make_reader(), [*auth, pub])
+            self._sub.open(self._loop, url.address, self._make_reader(), [*auth, sub])
         except ConnectionLost as exc:
             self._fail(str(exc), exc.level)
             return
@@ -389,19 +338,12 @@ class Relay:
         self._seen.clear()  # a gap across our own outage was reported as the loss
         if not self._ever_up:
             self._ever_up = True
-            self._log.info(
-                "relay: up on %s as node %s (attempt %d)",
-                self.url.redacted(),
-                self.node_id,
-                self.stats.attempts,
-            )
+            self._log.info("relay: up on %s (attempt %d)", self._where, self.stats.attempts)
         elif self._down_since is not None:
-            self._log.warning(
-                "relay: back on %s after %.2f s cut off (%d chunks not relayed meanwhile)",
-                self.url.redacted(),
-                time.monotonic() - self._down_since,
-                self.stats.dropped - self._dropped_at_loss,
-            )
+            cut = time.monotonic() - self._down_since
+            dropped = self.stats.dropped - self._dropped_at_loss
+            msg = "relay: back on %s after %.2f s cut off (%d chunks not relayed)"
+            self._log.warning(msg, self._where, cut, dropped)
         self._down_since = None
 
     def _fail(self, reason: str, level: int = logging.WARNING) -> None:
@@ -424,22 +366,13 @@ class Relay:
             self._dropped_at_loss = self.stats.dropped
             self._reasons.add(reason)
             self._log.warning(
-                "relay: lost %s: %s; serving local clients only, reconnecting",
-                self.url.redacted(),
-                reason,
+                "relay: lost %s: %s; serving local clients only, reconnecting", self._where, reason
             )
             if self._on_loss is not None:
                 self._on_loss(f"relay lost: {reason}")
         elif reason not in self._reasons and len(self._reasons) < _REASONS:
             self._reasons.add(reason)
-            self._log.log(
-                level,
-                "relay: %s: %s; retrying in %.2f s (back-off up to %g s)",
-                self.url.redacted(),
-                reason,
-                delay,
-                self._backoff[1],
-            )
+            self._log.log(level, "relay: %s: %s; retrying in %.2f s", self._where, reason, delay)
         else:
             self._log.debug("relay: %s again; retrying in %.2f s", reason, delay)
 
@@ -451,7 +384,7 @@ class Relay:
         sub = link is self._sub
         try:
             while link.stream is not None:
-                if sub and self._paused:
+                if sub and self._paused and link.up:  # a handshake is finished even so
                     return
                 reply = link.get()
                 if reply is False:
@@ -493,15 +426,14 @@ class Relay:
                 return
             raise ConnectionLost(f"unexpected push on the subscribed connection: {short(reply)}")
         payload = reply[2]
-        parsed = decode_envelope(payload) if isinstance(payload, bytes) else None
+        parsed = resp.decode_envelope(payload) if isinstance(payload, bytes) else None
         if parsed is None:
             self.stats.foreign += 1
             if not self._foreign_logged:
                 self._foreign_logged = True
                 self._log.warning(
-                    "relay: ignoring a message on %r that is not a metalio relay message "
-                    "(%s); further ones are counted, not logged",
-                    self.url.channel,
+                    "relay: ignoring a message that is not a metalio relay message (%s); "
+                    "further ones are counted, not logged",
                     short(payload),
                 )
             return
@@ -529,9 +461,7 @@ class Relay:
         if now - self._gap_logged_at >= _GAP_LOG_EVERY:
             self._gap_logged_at = now
             level = logging.WARNING
-        self._log.log(
-            level, "relay: %d chunks of node %s missed (dropped on the way)", missed, name
-        )
+        self._log.log(level, "relay: %d chunks of node %s missed on the way", missed, name)
         if self._on_loss is not None:
             self._on_loss(f"{missed} chunks of node {name} missed")
 
