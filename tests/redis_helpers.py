@@ -266,6 +266,7 @@ class Node:
 
 @contextlib.contextmanager
 def nodes(url: str, names: str, **kwargs: Any) -> Iterator[list[Node]]:
+    require_hiredis()
     made: list[Node] = []
     try:
         for name in names:
