@@ -139,7 +139,7 @@ class Relay:
         self._make_reader = resp.reader_factory()  # first: a missing extra is the clearest error
         self.url = resp.parse_url(url)
         if node_id is None:
-            node_id = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+            node_id = f"{socket.gethostname()[:200]}-{os.getpid()}-{os.urandom(4).hex()}"
         if not isinstance(node_id, str):
             raise TypeError(f"node_id must be a str, not {type(node_id).__name__}")
         self._node = node_id.encode()
