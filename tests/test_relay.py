@@ -410,12 +410,14 @@ def test_overflow_drops_for_the_relay_and_receivers_see_the_gap() -> None:
                 results += a.publish(
                     [(1, b"%d|" % (r * 64 + i) + b"\xaa" * 8192) for i in range(64)]
                 )
+            assert 0 < a.call(lambda relay: relay.pending) <= 256 * 1024
         finally:
             server.signal(signal.SIGCONT)
         assert not all(results) and any(results)
         assert a.relay.stats.dropped == results.count(False)
         assert len([m for m in a.messages(logging.WARNING) if "outgoing buffer full" in m]) == 1
         wait_until(lambda: any("drained" in m for m in a.messages()), what="buffer drained")
+        assert a.call(lambda relay: relay.pending) == 0
         assert a.publish([(1, b"last|")]) == [True]
         wait_until(lambda: b.received[-1:] == [("A", 1, b"last|")])
         seen = [int(d.split(b"|")[0]) for _, _, d in b.received[:-1]]

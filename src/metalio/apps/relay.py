@@ -193,6 +193,11 @@ class Relay:
         return self._up
 
     @property
+    def pending(self) -> int:
+        """Bytes of ``PUBLISH`` commands not yet written (at most ``max_pending``)."""
+        return len(self._pub.out)
+
+    @property
     def paused(self) -> bool:
         """Whether reading the subscription is paused."""
         return self._paused
