@@ -222,6 +222,23 @@ def test_three_nodes_deliver_everything_in_order() -> None:
         assert raw_command(server.port, "PUBSUB", "NUMSUB", "room:3") == [b"room:3", 3]
 
 
+def test_tokens_are_configurable_and_a_closed_relay_drops() -> None:
+    # The node's handler asserts that every event and timer it gets is the relay's.
+    with redis_server() as server, nodes(server.url, "AB", tokens=(10, 11)) as group:
+        a, _ = group
+        wait_until(lambda: all_up(group), what="relays up")
+        assert a.call(
+            lambda relay: (relay.owns_token(10), relay.owns_token(11), relay.owns_token(12))
+        ) == (True, True, False)
+        check_delivery(group, publish_rounds(group, 3))
+        a.call(lambda relay: relay.close())
+        assert a.publish([(1, b"late")]) == [False]
+        assert not a.relay.up
+        wait_until(
+            lambda: raw_command(server.port, "PUBSUB", "NUMSUB", CHANNEL)[1] == 1, what="A gone"
+        )
+
+
 @pytest.mark.parametrize("user", ["", "default"])
 def test_auth_with_the_password_in_the_url(user: str) -> None:
     with redis_server("--requirepass", "s3cr%t") as server:
