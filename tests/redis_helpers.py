@@ -260,6 +260,8 @@ class Node:
                 self.call(lambda relay: relay.close())
             self.loop.shutdown()
             self.thread.join(15)
+        if not self.thread.is_alive():
+            self.relay.close()  # idempotent; needed when the loop thread died of an error
         self.loop.close()
         self.logger.removeHandler(self.log)
 
