@@ -458,3 +458,16 @@ def test_a_paused_node_still_reconnects_and_gets_what_came_after() -> None:
         b.call(lambda relay: relay.resume_reading())
         wait_until(lambda: len(b.received) == 2)
         assert b.received == [("A", 1, b"one"), ("A", 1, b"two")]
+
+
+def test_publish_with_bad_arguments_queues_nothing() -> None:
+    with redis_server() as server, nodes(server.url, "AB") as group:
+        a, b = group
+        wait_until(lambda: all_up(group), what="relays up")
+        for client, data in (("x", b"data"), (1, [1, 2, 3]), (1.5, b"data")):
+            with pytest.raises(TypeError):
+                a.publish([(client, data)])  # type: ignore[list-item]
+        assert a.call(lambda relay: relay.pending) == 0
+        assert a.publish([(1, b"good")]) == [True]
+        wait_until(lambda: b.received == [("A", 1, b"good")])
+        assert b.relay.stats.missed == 0  # the refused calls used no sequence number

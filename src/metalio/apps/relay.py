@@ -215,27 +215,35 @@ class Relay:
 
         ``False`` means it was dropped (relay down, buffer full, or closed)
         and counted in ``stats.dropped``.
+
+        :raises TypeError: *client_id* is not an ``int`` or *data* not
+            bytes-like (nothing is queued).
         """
         seq = self._seq
-        self._seq = seq + 1  # dropped chunks use a number too: receivers see the gap
         size = len(data)
         out = self._pub.out
         if not self._up or self._failure or len(out) + size + self._overhead > self._max_pending:
+            self._seq = seq + 1  # a dropped chunk uses its number too: receivers see the gap
             self.stats.dropped += 1
             self.stats.dropped_bytes += size
             if self._up and not self._failure and not self._overflowing:
                 self._overflowing = True
                 self._log.warning("relay: outgoing buffer full: dropping chunks for the relay")
             return False
-        was_empty = not out
-        out += self._prefix
-        out += b"$%d\r\n" % (len(self._header) + 16 + size)
-        out += self._header
-        out += resp.pack_ids(client_id, seq)
-        out += data
-        out += b"\r\n"
+        mark = len(out)
+        try:
+            out += self._prefix
+            out += b"$%d\r\n" % (len(self._header) + 16 + size)
+            out += self._header
+            out += resp.pack_ids(client_id, seq)
+            out += data
+            out += b"\r\n"
+        except BaseException:
+            del out[mark:]  # a bad argument queues nothing
+            raise
+        self._seq = seq + 1
         self.stats.published += 1
-        if was_empty:
+        if not mark:
             try:
                 self._pub.write()
             except ConnectionLost as exc:

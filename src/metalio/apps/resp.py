@@ -162,7 +162,12 @@ def envelope_header(node_id: bytes) -> bytes:
 
 
 def pack_ids(client_id: int, seq: int) -> bytes:
-    """The client id and sequence number fields (each modulo 2**64)."""
+    """The client id and sequence number fields (each modulo 2**64).
+
+    :raises TypeError: *client_id* is not an ``int``.
+    """
+    if not isinstance(client_id, int):
+        raise TypeError(f"client id must be an int, not {type(client_id).__name__}")
     return _IDS.pack(client_id % _U64, seq % _U64)
 
 
