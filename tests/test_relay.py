@@ -257,9 +257,17 @@ def _never_up_without_spinning(node: Node, reason: str, level: int = logging.WAR
     attempts = node.relay.stats.attempts
     # backoff (0.05, 0.4): about 0.2-0.4 s between attempts by now; a busy loop is thousands.
     assert 3 <= attempts <= 25, attempts
-    loud = [m for m in node.messages(level) if reason in m]
-    assert len(loud) == 1, node.messages()
-    assert len([m for m in node.messages() if reason in m]) >= 2  # the retries: at DEBUG
+    # Each attempt logs its failure once: loudly the first time a reason is seen,
+    # at DEBUG after that.  (A peer that closes at once may give either of two reasons.)
+    reasons = reason.split(" | ")
+    messages = node.messages()
+    failures = [m for m in messages if any(r in m for r in reasons)]
+    # Read after the messages: one attempt may be under way, one more may have begun since.
+    assert len(failures) <= node.relay.stats.attempts <= len(failures) + 2, messages
+    loud = [m for m in messages if any(r in m for r in reasons) and "again" not in m]
+    assert 1 <= len(loud) <= len(reasons), messages
+    for r in reasons:
+        assert len([m for m in node.messages(level) if r in m]) <= 1, messages
 
 
 def test_wrong_password_is_logged_once_and_retried_without_a_busy_loop() -> None:
@@ -294,7 +302,10 @@ def test_password_for_a_redis_without_one() -> None:
         ("garbage", "not a Redis server? publish connection: Protocol error"),
         ("echo", "not a Redis server? answer to"),
         ("silent", "not up within 0.2 s"),
-        ("close", "closed by the server during the handshake"),
+        (
+            "close",
+            "closed by the server during the handshake | Connection reset by peer | Broken pipe",
+        ),
     ],
 )
 def test_a_server_that_is_not_redis(mode: str, reason: str) -> None:
