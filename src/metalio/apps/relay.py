@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import resp
-from .resp import UP, Connection, ConnectionLost, ReplyError, short
+from .redis_conn import Connection
+from .resp import UP, ConnectionLost, ReplyError, short
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -10,11 +10,12 @@ one connection to Redis gets there:
   only when a relay is made (:func:`reader_factory`), so neither ``import
   metalio`` nor importing this module needs the optional extra.  Replies are
   never parsed by hand;
-* :class:`Connection`: one non-blocking ``TcpStream`` to Redis, its write
-  buffer and its handshake (the commands sent first and the replies they
-  must get), raising :class:`ConnectionLost` with a reason for the log.
+* the handshake replies' check (:func:`check_handshake`) and short reasons
+  for the log (:func:`describe`, :func:`short`).
 
-It knows nothing of publishing policy, reconnecting or the broadcast server.
+One connection (a ``TcpStream`` to Redis, its buffers and handshake) is
+:mod:`metalio.apps.redis_conn`.  It knows nothing of publishing policy,
+reconnecting or the broadcast server.
 
 The envelope
 ------------
@@ -29,23 +30,18 @@ receivers see gaps.  A payload that does not parse is not ours.
 
 from __future__ import annotations
 
-import errno
 import importlib
 import ipaddress
 import logging
 import socket
 import struct
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
-from metalio import Interest, PollOpt
-from metalio.net import TcpStream
-
 if TYPE_CHECKING:
-    from metalio import EventLoop
+    pass
 
 __all__ = [
     "DEFAULT_CHANNEL",
@@ -53,18 +49,20 @@ __all__ = [
     "ENVELOPE_MAGIC",
     "EXTRA_HINT",
     "UP",
-    "Connection",
     "ConnectionLost",
     "ProtocolError",
     "RedisURL",
     "RelayUnavailable",
     "ReplyError",
+    "check_handshake",
     "command",
     "decode_envelope",
+    "describe",
     "envelope_header",
     "parse_url",
     "publish_prefix",
     "reader_factory",
+    "short",
 ]
 
 DEFAULT_CHANNEL: Final = "metalio:broadcast"
@@ -75,6 +73,21 @@ EXTRA_HINT: Final = "pip install 'metalio[relay]'"
 
 _IDS: Final = struct.Struct(">QQ")  # client id, sequence number
 _U64: Final = 1 << 64
+
+
+# -- failures -------------------------------------------------------------------
+
+
+class ConnectionLost(Exception):
+    """A connection failed; ``str()`` is the reason, ``level`` how loudly to log it."""
+
+    def __init__(self, reason: str, level: int = logging.WARNING) -> None:
+        super().__init__(reason)
+        self.level = level
+
+
+UP: Final = object()
+"""What :meth:`Connection.get` returns once, when the handshake's last reply came."""
 
 
 # -- the reply parser -----------------------------------------------------------
@@ -271,179 +284,6 @@ def _resolve(host: str, port: int, shown: str) -> str:
     # IPv4 first: "localhost" often resolves to ::1 too, and Redis binds 127.0.0.1.
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     return str(infos[0][4][0])
-
-
-# -- one connection -------------------------------------------------------------
-
-
-class ConnectionLost(Exception):
-    """A connection failed; ``str()`` is the reason, ``level`` how loudly to log it."""
-
-    def __init__(self, reason: str, level: int = logging.WARNING) -> None:
-        super().__init__(reason)
-        self.level = level
-
-
-UP: Final = object()
-"""What :meth:`Connection.get` returns once, when the handshake's last reply came."""
-
-_READABLE_WRITABLE: Final = Interest.READABLE | Interest.WRITABLE
-# A Redis host that vanishes without a reset is noticed in about 25 s when idle
-# (keep-alive) and 30 s with unacknowledged writes (TCP_USER_TIMEOUT, Linux).
-_KEEPALIVE: Final = tuple(
-    (socket.IPPROTO_TCP, getattr(socket, name), value)
-    for name, value in (
-        ("TCP_KEEPIDLE", 10),
-        ("TCP_KEEPINTVL", 5),
-        ("TCP_KEEPCNT", 3),
-        ("TCP_USER_TIMEOUT", 30_000),
-    )
-    if hasattr(socket, name)
-)
-
-
-class Connection:
-    """One connection to Redis on an ``EventLoop``, registered ``EDGE`` under *token*.
-
-    ``open`` starts it with the handshake *steps*; on its events the owner
-    calls ``connected`` (while ``connecting``), ``write``, then ``fill`` and
-    ``get`` in turn.  Every method raises :class:`ConnectionLost` when the
-    connection is no good; the owner then calls ``close``.
-    """
-
-    __slots__ = ("connecting", "name", "out", "reader", "steps", "stream", "token", "up")
-
-    def __init__(self, name: str, token: int) -> None:
-        self.name = name
-        self.token = token
-        self.stream: TcpStream | None = None
-        self.reader: Reader | None = None
-        self.out = bytearray()
-        """Bytes not yet written (the owner may append while ``up``)."""
-        self.steps: deque[tuple[str, bytes]] = deque()
-        self.connecting = False
-        self.up = False
-
-    def open(
-        self,
-        loop: EventLoop,
-        address: tuple[str, int],
-        reader: Reader,
-        steps: list[tuple[str, bytes]],
-    ) -> None:
-        """Start connecting; *steps* are ``(name, command)`` pairs sent once connected.
-
-        :raises ConnectionLost: the kernel refused at once.
-        :raises OSError: the socket could not be set up or registered (nothing is left open).
-        """
-        try:
-            stream = TcpStream.connect(address)
-        except OSError as exc:
-            raise ConnectionLost(f"cannot connect: {describe(exc)}") from None
-        try:
-            sock = stream.socket
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for level, option, value in _KEEPALIVE:
-                sock.setsockopt(level, option, value)
-            stream.set_nodelay(True)
-            loop.register(stream, self.token, _READABLE_WRITABLE, PollOpt.EDGE)
-        except BaseException:
-            stream.close()
-            raise
-        self.stream, self.reader, self.connecting, self.up = stream, reader, True, False
-        self.out.clear()
-        self.steps = deque(steps)
-
-    def close(self, loop: EventLoop) -> None:
-        """Deregister and close; forget buffered bytes.  Idempotent."""
-        stream, self.stream, self.reader = self.stream, None, None
-        self.out.clear()
-        self.connecting = self.up = False
-        if stream is not None:
-            try:
-                loop.deregister(stream)
-            except (OSError, ValueError):
-                pass  # the loop is closed or the source already gone
-            stream.close()
-
-    def connected(self) -> bool:
-        """After an event while connecting: ``True`` once connected (the handshake is sent).
-
-        :raises ConnectionLost: the connect failed.
-        """
-        stream = self.stream
-        assert stream is not None
-        error = stream.take_error()
-        if error is None:
-            try:
-                stream.peer_addr()
-            except OSError as exc:
-                if exc.errno == errno.ENOTCONN:
-                    return False  # a spurious event: still connecting
-                error = exc
-        if error is not None:
-            raise ConnectionLost(f"cannot connect: {describe(error)}")
-        self.connecting = False
-        for _, cmd in self.steps:
-            self.out += cmd
-        self.write()
-        return True
-
-    def write(self) -> None:
-        """Write what the kernel takes of ``out``.
-
-        :raises ConnectionLost: the write failed.
-        """
-        stream = self.stream
-        assert stream is not None
-        out = self.out
-        try:
-            while out:
-                n = stream.try_write(out)
-                if n is None:
-                    return
-                del out[:n]  # O(1) at the front of a bytearray
-        except OSError as exc:
-            raise ConnectionLost(f"{self.name} connection: {describe(exc)}") from None
-
-    def fill(self, buf: bytearray) -> bool:
-        """One read into the reader; ``False`` when there was nothing to read.
-
-        :raises ConnectionLost: end of stream or a read error.
-        """
-        stream, reader = self.stream, self.reader
-        assert stream is not None and reader is not None
-        try:
-            n = stream.try_read_into(buf)
-        except OSError as exc:
-            raise ConnectionLost(f"{self.name} connection: {describe(exc)}") from None
-        if n is None:
-            return False
-        if n == 0:
-            hint = "" if self.up else " during the handshake (not a Redis server?)"
-            raise ConnectionLost(f"{self.name} connection closed by the server{hint}")
-        reader.feed(buf, 0, n)
-        return True
-
-    def get(self) -> Any:
-        """The next complete reply after the handshake, :data:`UP` once, or ``False``.
-
-        :raises ConnectionLost: the bytes are not RESP, or a handshake reply is wrong.
-        """
-        reader = self.reader
-        assert reader is not None
-        while True:
-            try:
-                reply = reader.gets()
-            except ProtocolError as exc:
-                raise ConnectionLost(f"not a Redis server? {self.name} connection: {exc}") from None
-            if reply is False or not self.steps:
-                return reply
-            step = self.steps.popleft()[0]
-            check_handshake(step, reply)
-            if not self.steps:
-                self.up = True
-                return UP
 
 
 def check_handshake(step: str, reply: Any) -> None:
