@@ -69,6 +69,8 @@ class KqueueBackend:
     native_masks: ClassVar[tuple[int, ...] | None] = None
 
     __slots__ = (
+        "_READ",
+        "_WRITE",
         "_bits",
         "_changes",
         "_closed",
@@ -91,6 +93,9 @@ class KqueueBackend:
         self._table: dict[int, Record] = {}
         self._stolen: list[Any] = []
         self._changes = Changelist(mod, self._control, self._stolen)
+        # The filter numbers, for tests that look at the knotes of one fd.
+        self._READ = self._changes.READ
+        self._WRITE = self._changes.WRITE
         self._bits = KeventBits(mod)
         self._closed = False
         self._interrupted = False
