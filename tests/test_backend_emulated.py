@@ -29,6 +29,7 @@ from metalio._backends._pollmask import (
     POLLERR,
     POLLHUP,
     POLLIN,
+    POLLNVAL,
     POLLOUT,
     POLLPRI,
     POLLRDHUP,
@@ -127,6 +128,43 @@ def test_readiness_translation() -> None:
     assert readiness(POLLERR, R | W) == Ready.ERROR | Ready.READABLE | Ready.WRITABLE
     assert readiness(POLLERR, 4) == Ready.ERROR
     assert readiness(POLLIN | POLLRDHUP, R) == Ready.READABLE | Ready.READ_CLOSED
+
+
+def frozen_readiness(native_mask: int, interest: int) -> int:
+    """``_emulated.readiness`` as of commit 8d67937, verbatim but for the name."""
+    ready = 0
+    if native_mask & POLLIN:
+        ready |= 1
+    if native_mask & POLLOUT:
+        ready |= 2
+    if native_mask & POLLPRI:
+        ready |= 4
+    if native_mask & POLLERR:
+        ready |= 8
+    if native_mask & POLLHUP:
+        ready |= 16 | 32
+    if native_mask & POLLRDHUP:
+        ready |= 16
+    if ready & (8 | 16) and interest & 1:
+        ready |= 1
+    if ready & (8 | 32) and interest & 2:
+        ready |= 2
+    return ready
+
+
+def test_translation_is_unchanged(be: EmulatedBackend) -> None:
+    # Every combination of the seven bits a kernel set can report.
+    bits = (POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL, POLLRDHUP)
+    masks = [sum(b for k, b in enumerate(bits) if m >> k & 1) for m in range(1 << len(bits))]
+    assert len(set(masks)) == 128
+    differ = [
+        (mask, interest)
+        for mask in masks
+        for interest in range(8)
+        if be.readiness(mask, interest) != frozen_readiness(mask, interest)
+    ]
+    assert differ == []
+    assert type(be.readiness(POLLIN | POLLHUP, R)) is int
 
 
 # -- EDGE ----------------------------------------------------------------------------
@@ -520,6 +558,38 @@ def test_select_refuses_fd_beyond_fd_setsize() -> None:
         a.close()
         b.close()
         be.close()
+
+
+@pytest.mark.skipif("select" not in NAMES or sys.platform == "win32", reason="Unix select")
+def test_select_refuses_an_internal_fd_beyond_fd_setsize() -> None:
+    # Fill every descriptor number below FD_SETSIZE, so the backend's own
+    # wake-up descriptor gets one select() cannot watch: it must refuse to
+    # start (ValueError) and leave nothing open.
+    import resource
+
+    from metalio._backends.select import FD_SETSIZE
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= FD_SETSIZE + 8:
+        pytest.skip("RLIMIT_NOFILE too low to fill every fd below FD_SETSIZE")
+    filler: list[int] = []
+    r, w = os.pipe()
+    try:
+        while True:
+            fd = os.dup(r)
+            if fd >= FD_SETSIZE:
+                os.close(fd)  # the lowest free number is now >= FD_SETSIZE
+                break
+            filler.append(fd)
+        before = open_fds()
+        with pytest.raises(ValueError, match="internal descriptor"):
+            open_backend("select")
+        assert open_fds() == before
+    finally:
+        for fd in filler:
+            os.close(fd)
+        os.close(r)
+        os.close(w)
 
 
 # -- threads ---------------------------------------------------------------------------
