@@ -187,3 +187,32 @@ def test_pipe_write_end_after_reader_is_out_err_or_err_alone() -> None:
             assert ready.writable and ready.error and ready.write_closed
     finally:
         os.close(w)
+
+
+def test_fin_both_ways_is_hup_with_everything(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, accepted = tcp_pair
+    accepted.shutdown(socket.SHUT_WR)
+    client.shutdown(socket.SHUT_WR)
+    mask = _settle(accepted.fileno(), _ASK_ALL, _HUP)
+    assert mask == _IN | _OUT | _HUP | _RDHUP
+    ready = Ready(epmod.readiness(mask, 1))
+    assert ready.readable and ready.read_closed and ready.write_closed and not ready.error
+
+
+def test_udp_icmp_error_is_out_err_and_reads_as_write_closed() -> None:
+    # The row docs/epoll.md calls the price of the pipe rule: the socket can
+    # send again once its next send has raised the error.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed at once: ICMP port unreachable
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.connect(("127.0.0.1", port))
+        u.send(b"x")
+        mask = _settle(u.fileno(), _ASK_ALL, _ERR)
+        assert mask == _OUT | _ERR
+        assert Ready(epmod.readiness(mask, 2)).write_closed
+        with pytest.raises(ConnectionRefusedError):
+            u.send(b"y")
+        assert mask_of(u.fileno()) == _OUT  # writable again
