@@ -1,34 +1,26 @@
 """Edge and oneshot triggering built in user space over a level-triggered kernel call.
 
-poll(2) and select(2) say which descriptors are ready *now*: they keep no
-state between calls, so they cannot report what changed (EDGE), cannot
-switch a descriptor off after it fired (ONESHOT), and know nothing of the
-descriptors they are asked about (a closed one is ``POLLNVAL``, or fails
-select(2) as a whole).  Everything else the contract wants is built here,
-once, for both backends; each supplies only a kernel set
-(``_emulated_records.KernelSet``) that speaks its system call.  The long
-form, with the documented differences, is docs/backends.md ("poll and
-select").
+poll(2) and select(2) say only which descriptors are ready *now*; everything
+else the contract wants is built here, once, for both backends, and each
+supplies a kernel set (``_emulated_records.KernelSet``) that speaks its
+system call.  The long form, with the documented differences, is
+docs/backends.md ("poll and select").
 
-What this module owns: the records of every registration and their armed
-directions (only armed directions are in the kernel set; a descriptor with
-nothing armed is removed, because poll(2) reports hang-up even for an empty
-request), the rules per trigger mode (LEVEL: always armed; ONESHOT: the
-first event disarms everything until ``reregister``; EDGE: an event disarms
-what it reported, ``rearm``, the probe or ``reregister`` arm it again), the
-lazy rebuild of the kernel set, the poll loop with its internal wake-up,
-``interrupt`` and ``close``, and the stale-descriptor rules (every event is
-checked against the file identity taken at registration; a mismatch or
-``POLLNVAL`` retires the record without an event).
+What this module owns: the records and their armed directions (only armed
+directions are in the kernel set; a fully disarmed fd is removed, because
+poll(2) reports hang-up even for an empty request), the rules per trigger
+mode (LEVEL stays armed; ONESHOT's first event disarms all until
+``reregister``; an EDGE event disarms what it reported, and ``rearm``, the
+probe or ``reregister`` arm it again), the lazy rebuild of the kernel set,
+the poll loop, ``interrupt``/``close``, and the stale-descriptor rules (every
+event is checked against the file identity taken at registration; a
+mismatch or ``POLLNVAL`` retires the record without an event).
 
-What it leaves to others: the EDGE probe (``_emulated_probe``), records and
-the surplus queue (``_emulated_records``), the meaning of the bits
-(``_pollmask``), the system call (``poll.py``, ``select.py``), and tokens.
-
-Threads: registration calls and ``rearm`` may come from any thread.  While a
-poll is blocked, a change wakes it through an internal ``WakeFd`` that sits
-in the kernel set and is never reported; the poller applies the change and
-waits again for the time that is left.  One thread polls at a time.
+What it leaves to others: the EDGE probe (``_emulated_probe``), the records
+and surplus queue (``_emulated_records``), the wake-up of a blocked poller
+(``_emulated_wake``), the meaning of the bits (``_pollmask``), the system
+call (``poll.py``, ``select.py``), and tokens.  Registration calls and
+``rearm`` may come from any thread; one thread polls at a time.
 """
 
 from __future__ import annotations
@@ -42,7 +34,15 @@ from typing import ClassVar
 
 from ._bits import INTEREST_READABLE
 from ._emulated_probe import EdgeProbe
-from ._emulated_records import EDGE, ONESHOT, Entry, KernelSet, PendingEvents, identity
+from ._emulated_records import (
+    EDGE,
+    ONESHOT,
+    Entry,
+    KernelSet,
+    PendingEvents,
+    identity,
+    stale_reason,
+)
 from ._emulated_wake import PollerWake
 from ._pollmask import (
     ALLOWED,
@@ -239,10 +239,14 @@ class EmulatedBackend:
                     raise ValueError("I/O operation on a closed Poll")
                 self._polling = True
                 if self._pending:
-                    out = self._take_pending(maxevents)
+                    out, stale = self._pending.take(maxevents, self._entries)
+                    self._retire(stale)
                     if out:
                         return out
-                early = self._probe()
+                early: list[tuple[int, int]] | None = None
+                if self._edges.disarmed:
+                    early, stale = self._edges.run()
+                    self._retire(stale)
                 self._sync()
                 wakeup.enter_wait()
             main = self._main
@@ -340,16 +344,6 @@ class EmulatedBackend:
             append((fd, rev))
         return out
 
-    def _probe(self) -> list[tuple[int, int]] | None:
-        """Run the EDGE probe if anything is disarmed; retire what it found stale.  Lock held."""
-        edges = self._edges
-        if not edges.disarmed:
-            return None
-        events, stale = edges.run()
-        for fd, entry in stale:
-            self._mark_stale(fd, entry)
-        return events
-
     def _sync(self) -> None:
         """Bring the kernel set in line with the records.  Lock held."""
         dirty = self._dirty
@@ -362,13 +356,6 @@ class EmulatedBackend:
                 entry = entries.get(fd)
                 update(fd, entry.armed if entry is not None else 0)
             dirty.clear()
-
-    def _take_pending(self, maxevents: int) -> list[tuple[int, int]]:
-        """Events found earlier that did not fit, still valid.  Lock held."""
-        out, stale = self._pending.take(maxevents, self._entries)
-        for fd, entry in stale:
-            self._mark_stale(fd, entry)
-        return out
 
     # -- record keeping (lock held) -------------------------------------------
 
@@ -390,27 +377,24 @@ class EmulatedBackend:
         self._dirty.add(fd)
         self._retry = True
 
+    def _retire(self, stale: list[tuple[int, Entry]]) -> None:
+        for fd, entry in stale:  # found by the probe or the surplus queue
+            self._mark_stale(fd, entry)
+
     def _check_live(self, fd: int, entry: Entry) -> None:
         """Drop a record that no longer describes the open *fd*.
 
         :raises FileNotFoundError: the record is stale.
         :raises OSError: *fd* is closed.
         """
-        if entry.stale:
-            self._remove(fd)
-            raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered (closed)")
-        if entry.ident is None:
-            return
         try:
-            ident = identity(fd)
+            problem = stale_reason(fd, entry)
         except OSError:
             self._remove(fd)
             raise
-        if ident != entry.ident:
+        if problem:
             self._remove(fd)
-            raise FileNotFoundError(
-                errno.ENOENT, f"fd {fd} is not registered (it now names another file)"
-            )
+            raise FileNotFoundError(errno.ENOENT, f"fd {fd} is not registered ({problem})")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -427,10 +411,9 @@ class EmulatedBackend:
     def interrupt(self) -> None:
         """Make a thread blocked in ``poll`` return soon; release nothing.
 
-        ``Poll.close`` calls it while a thread polls, and ``close`` once that
-        thread has left.  The flag persists until a ``poll`` returns because
-        of it, so an interrupt that races with the start of a poll is not
-        lost.
+        ``Poll.close`` calls it while a thread polls.  The flag persists until
+        a ``poll`` returns because of it: an interrupt that races with the
+        start of a poll is not lost.
         """
         with self._lock:
             if not self._closed:
@@ -447,9 +430,8 @@ class EmulatedBackend:
                 return
             self._closed = True
             if self._polling:
-                # The poller releases on its way out; closing the wake-up
-                # descriptor under its feet could leave select(2) waiting on
-                # nothing.
+                # The poller releases on its way out: closing the wake-up fd
+                # under it could leave select(2) waiting on nothing.
                 self._wakeup.wake()
                 return
             self._release()

@@ -18,7 +18,17 @@ from typing import Final, Protocol
 
 from ._bits import OPT_EDGE, OPT_ONESHOT
 
-__all__ = ["EDGE", "LEVEL", "ONESHOT", "Entry", "KernelSet", "PendingEvents", "alive", "identity"]
+__all__ = [
+    "EDGE",
+    "LEVEL",
+    "ONESHOT",
+    "Entry",
+    "KernelSet",
+    "PendingEvents",
+    "alive",
+    "identity",
+    "stale_reason",
+]
 
 # Trigger modes of a record (``Entry.mode``); LEVEL is 0 so "not LEVEL" is a
 # plain truth test on the hot path.
@@ -81,6 +91,18 @@ def alive(fd: int, entry: Entry) -> bool:
     except OSError:
         return False
     return st.st_ino == ident[1] and st.st_dev == ident[0]
+
+
+def stale_reason(fd: int, entry: Entry) -> str:
+    """Why *entry* no longer describes the open *fd* (``""``: it still does).
+
+    :raises OSError: *fd* is not open (``EBADF``), on platforms with identities.
+    """
+    if entry.stale:
+        return "closed"
+    if entry.ident is None or identity(fd) == entry.ident:
+        return ""
+    return "it now names another file"
 
 
 class PendingEvents:
