@@ -121,9 +121,6 @@ class PendingEvents:
     def __bool__(self) -> bool:
         return bool(self._queue)
 
-    def __len__(self) -> int:
-        return len(self._queue)
-
     def defer(self, events: list[tuple[int, int]], entries: dict[int, Entry]) -> None:
         """Queue *events* for the records they were found for."""
         get = entries.get

@@ -118,8 +118,11 @@ def is_priority(mask: int) -> bool:
 
 
 def is_error(mask: int) -> bool:
-    """A socket error is pending, or a pipe writer lost its reader (Windows select:
-    a failed connect)."""
+    """A socket error is pending, or a pipe writer lost its reader.
+
+    On Windows the select backend sets ``POLLERR`` for a failed connect, which
+    it finds in the exceptional set.
+    """
     return mask & POLLERR != 0
 
 

@@ -87,16 +87,21 @@ class KqueueBackend:
         mod: Any = select if select_module is None else select_module
         if not hasattr(mod, "kqueue"):
             raise OSError(errno.ENOSYS, "kqueue is not available on this platform")
-        self._kq: Any = mod.kqueue()  # close-on-exec: CPython makes it non-inheritable
-        self._control: Any = self._kq.control
+        self._bits = KeventBits(mod)
+        self._stolen: list[Any] = []
+        kq: Any = mod.kqueue()  # close-on-exec: CPython makes it non-inheritable
+        try:
+            self._changes = Changelist(mod, kq.control, self._stolen)
+        except BaseException:
+            kq.close()  # a select module without some KQ_* value
+            raise
+        self._kq = kq
+        self._control: Any = kq.control
         self._lock = threading.Lock()
         self._table: dict[int, Record] = {}
-        self._stolen: list[Any] = []
-        self._changes = Changelist(mod, self._control, self._stolen)
         # The filter numbers, for tests that look at the knotes of one fd.
         self._READ = self._changes.READ
         self._WRITE = self._changes.WRITE
-        self._bits = KeventBits(mod)
         self._closed = False
         self._interrupted = False
         self._wake: WakeFd | None = None
