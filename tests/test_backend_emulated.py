@@ -24,14 +24,15 @@ import pytest
 from conftest import drain, open_fds
 from metalio import Events, Interest, Poll, PollOpt, Ready
 from metalio._backends import available_backends, open_backend
-from metalio._backends._emulated import (
+from metalio._backends._emulated import EmulatedBackend
+from metalio._backends._pollmask import (
     POLLERR,
     POLLHUP,
     POLLIN,
+    POLLNVAL,
     POLLOUT,
     POLLPRI,
     POLLRDHUP,
-    EmulatedBackend,
     readiness,
 )
 
@@ -100,7 +101,7 @@ def in_thread(fn, *args):  # type: ignore[no-untyped-def]
 def settle(be: EmulatedBackend) -> None:
     """Wait until the thread polling *be* is blocked in the kernel call."""
     deadline = time.monotonic() + 5
-    while not be._in_wait:
+    while not be._wakeup.in_wait:
         assert time.monotonic() < deadline, "the poller never started waiting"
         time.sleep(0.005)
     time.sleep(0.05)
@@ -127,6 +128,43 @@ def test_readiness_translation() -> None:
     assert readiness(POLLERR, R | W) == Ready.ERROR | Ready.READABLE | Ready.WRITABLE
     assert readiness(POLLERR, 4) == Ready.ERROR
     assert readiness(POLLIN | POLLRDHUP, R) == Ready.READABLE | Ready.READ_CLOSED
+
+
+def frozen_readiness(native_mask: int, interest: int) -> int:
+    """``_emulated.readiness`` as of commit 8d67937, verbatim but for the name."""
+    ready = 0
+    if native_mask & POLLIN:
+        ready |= 1
+    if native_mask & POLLOUT:
+        ready |= 2
+    if native_mask & POLLPRI:
+        ready |= 4
+    if native_mask & POLLERR:
+        ready |= 8
+    if native_mask & POLLHUP:
+        ready |= 16 | 32
+    if native_mask & POLLRDHUP:
+        ready |= 16
+    if ready & (8 | 16) and interest & 1:
+        ready |= 1
+    if ready & (8 | 32) and interest & 2:
+        ready |= 2
+    return ready
+
+
+def test_translation_is_unchanged(be: EmulatedBackend) -> None:
+    # Every combination of the seven bits a kernel set can report.
+    bits = (POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL, POLLRDHUP)
+    masks = [sum(b for k, b in enumerate(bits) if m >> k & 1) for m in range(1 << len(bits))]
+    assert len(set(masks)) == 128
+    differ = [
+        (mask, interest)
+        for mask in masks
+        for interest in range(8)
+        if be.readiness(mask, interest) != frozen_readiness(mask, interest)
+    ]
+    assert differ == []
+    assert type(be.readiness(POLLIN | POLLHUP, R)) is int
 
 
 # -- EDGE ----------------------------------------------------------------------------
@@ -426,7 +464,7 @@ def test_closed_while_disarmed_is_dropped_by_the_probe(be: EmulatedBackend, pair
     d.send(b"y")
     for _ in range(3):  # the probe meets the closed fd (POLLNVAL / EBADF)
         assert fds(be.poll(0, 8)) == {c.fileno(): POLLIN}
-    assert not be._disarmed
+    assert not be._edges.disarmed
 
 
 def _reuse(old_fd: int, pairs) -> tuple[socket.socket, socket.socket]:
@@ -520,6 +558,41 @@ def test_select_refuses_fd_beyond_fd_setsize() -> None:
         a.close()
         b.close()
         be.close()
+
+
+@pytest.mark.skipif("select" not in NAMES or sys.platform == "win32", reason="Unix select")
+def test_select_refuses_an_internal_fd_beyond_fd_setsize() -> None:
+    # Fill every descriptor number below FD_SETSIZE, so the backend's own
+    # wake-up descriptor gets one select() cannot watch: it must refuse to
+    # start (ValueError) and leave nothing open.
+    import resource
+
+    from metalio._backends.select import FD_SETSIZE
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= FD_SETSIZE + 8:
+        pytest.skip("RLIMIT_NOFILE too low to fill every fd below FD_SETSIZE")
+    filler: list[int] = []
+    r, w = os.pipe()
+    try:
+        while True:
+            fd = os.dup(r)
+            if fd >= FD_SETSIZE:
+                os.close(fd)  # the lowest free number is now >= FD_SETSIZE
+                break
+            filler.append(fd)
+        before = open_fds()
+        with pytest.raises(ValueError, match="internal descriptor") as info:
+            open_backend("select")
+        # The traceback keeps the half-built backend alive: only an explicit
+        # release, not a finalizer, can have closed its descriptor.
+        assert info.traceback
+        assert open_fds() == before
+    finally:
+        for fd in filler:
+            os.close(fd)
+        os.close(r)
+        os.close(w)
 
 
 # -- threads ---------------------------------------------------------------------------
@@ -620,7 +693,7 @@ def test_threads_hammering_the_registry_while_one_polls(be: EmulatedBackend, pai
             t.join(5)
     assert not errors
     assert be.poll(0, 8) == []  # everything was deregistered
-    assert not be._entries and not be._disarmed and not be._pending
+    assert not be._entries and not be._edges.disarmed and not be._pending
 
 
 def test_close_from_another_thread_wakes_the_poller(name: str) -> None:
@@ -636,14 +709,17 @@ def test_close_from_another_thread_wakes_the_poller(name: str) -> None:
     assert open_fds() == before
 
 
-def test_direct_close_during_a_poll_releases_after_it(be: EmulatedBackend) -> None:
+def test_direct_close_during_a_poll_releases_after_it(name: str) -> None:
     before = open_fds()
+    be = open_backend(name)
+    assert isinstance(be, EmulatedBackend)
+    assert open_fds() > before  # the internal wake-up descriptor(s)
     t, box = in_thread(be.poll, None, 8)
     settle(be)
     be.close()
     t.join(5)
     assert isinstance(box["error"], ValueError)
-    assert open_fds() == before - 2  # the internal pair is gone
+    assert open_fds() == before  # released on the poller's way out
     with pytest.raises(ValueError):
         be.poll(0, 8)
     with pytest.raises(ValueError):

@@ -23,6 +23,8 @@ import pytest
 import fake_kqueue as fk
 from conftest import WakeFds
 from metalio import Events, Interest, Poll, PollOpt, Ready, Waker
+from metalio._backends import _kqueue_changes as kqchanges
+from metalio._backends import _kqueue_mask as kqmask
 from metalio._backends import kqueue as kqmod
 from metalio._backends.kqueue import KqueueBackend
 
@@ -38,11 +40,11 @@ ERROR = fk.KQ_EV_ERROR
 RECEIPT = fk.EV_RECEIPT
 DISPATCH = fk.EV_DISPATCH
 
-N_READ = kqmod._N_READ
-N_WRITE = kqmod._N_WRITE
-N_READ_EOF = kqmod._N_READ_EOF
-N_WRITE_EOF = kqmod._N_WRITE_EOF
-N_ERROR = kqmod._N_ERROR
+N_READ = kqmask.N_READ
+N_WRITE = kqmask.N_WRITE
+N_READ_EOF = kqmask.N_READ_EOF
+N_WRITE_EOF = kqmask.N_WRITE_EOF
+N_ERROR = kqmask.N_ERROR
 
 LEVEL, EDGE, ONESHOT = int(PollOpt.LEVEL), int(PollOpt.EDGE), int(PollOpt.ONESHOT)
 LEVEL_ONESHOT = LEVEL | ONESHOT
@@ -119,7 +121,7 @@ def test_fake_has_the_bsd_values_and_no_receipt_or_dispatch_export() -> None:
     assert (fk.KQ_EV_ONESHOT, CLEAR, EOF, ERROR) == (0x10, 0x20, 0x8000, 0x4000)
     # Like CPython: the backend must fall back to its own constants.
     assert not hasattr(fk, "KQ_EV_RECEIPT") and not hasattr(fk, "KQ_EV_DISPATCH")
-    assert (kqmod._EV_RECEIPT, kqmod._EV_DISPATCH) == (RECEIPT, DISPATCH) == (0x40, 0x80)
+    assert (kqchanges._EV_RECEIPT, kqchanges._EV_DISPATCH) == (RECEIPT, DISPATCH) == (0x40, 0x80)
 
 
 def test_fake_models_freebsd_change_semantics(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -357,6 +359,39 @@ def test_internal_and_unknown_kevents_are_dropped(kb: KqueueBackend) -> None:
 )
 def test_readiness(kb: KqueueBackend, mask: int, interest: int, expected: Ready) -> None:
     assert Ready(kb.readiness(mask, interest)) == expected
+
+
+def frozen_readiness(native_mask: int, interest: int) -> int:
+    """``KqueueBackend.readiness`` as of commit 8d67937, verbatim but for the name."""
+    ready = 0
+    if native_mask & N_READ and interest & 1:
+        ready |= 1
+    if native_mask & N_WRITE and interest & 2:
+        ready |= 2
+    if native_mask & N_ERROR:
+        ready |= 8
+    if native_mask & N_READ_EOF:
+        ready |= 16
+    if native_mask & N_WRITE_EOF:
+        ready |= 32
+    if ready & (8 | 16) and interest & 1:
+        ready |= 1
+    if ready & (8 | 32) and interest & 2:
+        ready |= 2
+    return ready
+
+
+def test_translation_is_unchanged(kb: KqueueBackend) -> None:
+    # Every mask the merge can build: any subset of the five native bits.
+    assert N_READ | N_WRITE | N_READ_EOF | N_WRITE_EOF | N_ERROR == 31
+    differ = [
+        (mask, interest)
+        for mask in range(32)
+        for interest in range(8)
+        if kb.readiness(mask, interest) != frozen_readiness(mask, interest)
+    ]
+    assert differ == []
+    assert type(kb.readiness(N_READ, R)) is int
 
 
 def test_read_and_write_of_one_fd_come_back_as_one_pair(
@@ -607,7 +642,7 @@ def test_same_identity_decided_by_the_kernel(
     kb: KqueueBackend, kq: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # FreeBSD gives every socket st_dev = st_ino = 0: only the probe can tell.
-    monkeypatch.setattr(kqmod, "_identity", lambda fd: (0, 0))
+    monkeypatch.setattr(kqmod, "identity", lambda fd: (0, 0))
     a, b = socket.socketpair()
     fd = a.fileno()
     kb.register(fd, R, LEVEL)
@@ -643,7 +678,7 @@ def test_reregister_and_deregister_of_a_stale_record(
         assert fd not in kb._table
         # Same identity (FreeBSD sockets): the kernel's ENOENT decides, and the
         # knote the reregister added to the new file is taken back.
-        monkeypatch.setattr(kqmod, "_identity", lambda fd: (0, 0))
+        monkeypatch.setattr(kqmod, "identity", lambda fd: (0, 0))
         kb.register(fd, R, LEVEL)
         os.dup2(d.fileno(), fd)  # close(2) + reuse under the same number
         with pytest.raises(FileNotFoundError):

@@ -31,8 +31,14 @@ The contract between ``Poll`` and a backend:
     pairs.  Descriptors the backend no longer watches may appear; the caller
     drops them.  Events that did not fit must come back from a later call.
 ``readiness(native_mask, interest) -> int``
-    Translate one native mask into ``Ready`` bits for a registration with
-    *interest*.  Pure; the caller caches the answers.
+    Translate one native mask into ``Ready`` bits (a plain ``int``) for a
+    registration with *interest*.  Pure; the caller caches the answers.
+    Each backend writes it as one named predicate per readiness
+    (``is_readable`` ... ``is_write_closed``) over its native bits.
+``rearm(fd, direction)``
+    *direction* (one ``Interest`` bit) of *fd* was just drained: a ``try_*``
+    call would block.  Only backends that emulate EDGE act on it; the others
+    accept and ignore it.  Never raises.
 ``fileno() -> int``
     A descriptor that is readable while events are pending, or raise
     ``io.UnsupportedOperation``.
@@ -40,10 +46,18 @@ The contract between ``Poll`` and a backend:
     Make every thread blocked in ``poll`` return soon, releasing nothing (a
     woken kernel wait that finds its wake-up source already gone may go back
     to sleep).  ``Poll.close`` calls it when threads are polling and calls
-    ``close`` once the last of them has left.
+    ``close`` once the last of them has left.  Every backend wakes with a
+    ``metalio._wakefd.WakeFd``; none raises from here.
 ``close()``
     Release the kernel object and every internal descriptor.  Never called
     while another thread is inside ``poll``.
+
+The modules: ``epoll`` and ``kqueue`` (with ``_kqueue_changes`` and
+``_kqueue_mask``) speak their kernel API; ``poll`` and ``select`` supply a
+kernel set to ``_emulated``, which builds EDGE and ONESHOT in user space with
+``_emulated_probe``, ``_emulated_records``, ``_emulated_wake`` and the bit
+layout in ``_pollmask``.  ``_bits`` holds the ``Ready``/``Interest``/``PollOpt``
+bits as plain ints for all of them.
 
 Facts, as class attributes (the layers above read these, never the name):
 

@@ -46,20 +46,43 @@ Facts about epoll that shape this module (the long form is docs/epoll.md):
   readiness means nothing.  The ``PermissionError`` reaches the caller.
 
 * Closing an epoll fd does not wake a thread blocked in ``epoll_wait`` on it.
-  ``interrupt()`` therefore adds a ready eventfd, and the Poll releases the
-  epoll only when the last polling thread has left.
+  ``interrupt()`` therefore adds a ready ``WakeFd`` (an eventfd), and the Poll
+  releases the epoll only when the last polling thread has left.
 """
 
 from __future__ import annotations
 
-import os
 import select
 import sys
 from typing import TYPE_CHECKING, ClassVar, Final
 
+from .._wakefd import WakeFd
+from ._bits import (
+    ERROR,
+    INTEREST_PRIORITY,
+    INTEREST_READABLE,
+    INTEREST_WRITABLE,
+    OPT_EDGE,
+    OPT_ONESHOT,
+    PRIORITY,
+    READ_CLOSED,
+    READABLE,
+    WRITABLE,
+    WRITE_CLOSED,
+)
+
 assert not TYPE_CHECKING or sys.platform == "linux"
 
-__all__ = ["EpollBackend"]
+__all__ = [
+    "EpollBackend",
+    "is_error",
+    "is_priority",
+    "is_read_closed",
+    "is_readable",
+    "is_writable",
+    "is_write_closed",
+    "readiness",
+]
 
 _IN: Final = select.EPOLLIN
 _OUT: Final = select.EPOLLOUT
@@ -70,9 +93,12 @@ _RDHUP: Final = getattr(select, "EPOLLRDHUP", 0x2000)
 _ET: Final = select.EPOLLET
 _ONESHOT: Final = select.EPOLLONESHOT
 
-# Interest bits (READABLE=1, WRITABLE=2, PRIORITY=4) -> epoll request bits.
+# Interest bits -> epoll request bits.  RDHUP rides with READABLE: it is the
+# only way to see a half-closed peer (see the module docstring).
 _REQUEST: Final = tuple(
-    ((_IN | _RDHUP) if i & 1 else 0) | (_OUT if i & 2 else 0) | (_PRI if i & 4 else 0)
+    ((_IN | _RDHUP) if i & INTEREST_READABLE else 0)
+    | (_OUT if i & INTEREST_WRITABLE else 0)
+    | (_PRI if i & INTEREST_PRIORITY else 0)
     for i in range(8)
 )
 # The kernel ANDs every event with the entry's requested bits, which are built
@@ -82,8 +108,101 @@ _NATIVE_MASKS: Final = tuple(
     sum(bit for k, bit in enumerate((_IN, _PRI, _OUT, _ERR, _HUP, _RDHUP)) if m >> k & 1)
     for m in range(64)
 )
-# PollOpt bits (LEVEL=1, EDGE=2, ONESHOT=4) -> epoll trigger bits.
-_TRIGGER: Final = tuple((_ET if o & 2 else 0) | (_ONESHOT if o & 4 else 0) for o in range(8))
+# PollOpt bits -> epoll trigger bits (LEVEL is epoll's default: no bit).
+_TRIGGER: Final = tuple(
+    (_ET if o & OPT_EDGE else 0) | (_ONESHOT if o & OPT_ONESHOT else 0) for o in range(8)
+)
+
+
+# -- what a native mask means ---------------------------------------------------
+#
+# One predicate per readiness, after mio's ``sys/unix/selector/epoll.rs``
+# (``event``).  The kernel situations behind each mask, as Linux reports them
+# to a registration that asked for everything (IN|OUT|PRI|RDHUP; epoll drops
+# the requested bits a registration did not ask for, never ERR or HUP):
+#
+#   data queued; a connection to accept                      IN
+#   room in the send buffer; a non-blocking connect done     OUT
+#   a TCP urgent byte; a sysfs/GPIO notification             PRI
+#   the peer sent FIN, or we shut down reading               IN|RDHUP (|OUT)
+#   the peer closed after we shut down writing               IN|OUT|HUP|RDHUP
+#   a TCP socket never connected                             OUT|HUP
+#   a reset connection; a refused connect                    IN|OUT|ERR|HUP|RDHUP
+#   a pipe's read end after its last writer closed           HUP (IN while data is left)
+#   a pipe's write end after its reader closed               OUT|ERR (ERR alone if full)
+#   a connected UDP socket holding an ICMP error             OUT|ERR
+
+
+def is_readable(mask: int) -> bool:
+    """Data (or EOF) can be read; a listening socket has a connection."""
+    return mask & _IN != 0
+
+
+def is_writable(mask: int) -> bool:
+    """The send buffer has room; a non-blocking connect has finished (or failed)."""
+    return mask & _OUT != 0
+
+
+def is_priority(mask: int) -> bool:
+    """TCP urgent data, or a sysfs/GPIO attribute changed."""
+    return mask & _PRI != 0
+
+
+def is_error(mask: int) -> bool:
+    """A socket error is pending (``SO_ERROR``), or a pipe writer lost its reader."""
+    return mask & _ERR != 0
+
+
+def is_read_closed(mask: int) -> bool:
+    """No more data will arrive (what is queued may still be read)."""
+    # RDHUP: the peer shut down its sending side (FIN), or we shut down
+    # reading.  HUP: both directions are finished; it is also all a pipe's
+    # read end gets when its last writer closes (no RDHUP for pipes).
+    return mask & (_HUP | _RDHUP) != 0
+
+
+def is_write_closed(mask: int) -> bool:
+    """Nothing more can be sent."""
+    # Both directions are finished (a closed or reset connection, a refused
+    # connect, a socket never connected).
+    if mask & _HUP:
+        return True
+    # ERR alone: a pipe's write end whose reader closed, when the pipe is full
+    # or WRITABLE was not asked for (epoll then drops OUT).  A socket with a
+    # pending error registered without WRITABLE looks the same.
+    if mask == _ERR:
+        return True
+    # OUT|ERR: that pipe with room left.  A connected UDP socket holding an
+    # ICMP error looks the same; its next send raises the error, after which
+    # it can send again.
+    return mask & (_OUT | _ERR) == _OUT | _ERR
+
+
+def readiness(native_mask: int, interest: int) -> int:
+    """Translate an epoll mask into ``Ready`` bits for a registration with *interest*.
+
+    A read or write that will fail or see EOF at once is "ready": error and
+    hang-up are folded into READABLE/WRITABLE within what was asked for, so a
+    program that only checks ``readable`` acts on them instead of spinning.
+    """
+    ready = 0
+    if is_readable(native_mask):
+        ready |= READABLE
+    if is_writable(native_mask):
+        ready |= WRITABLE
+    if is_priority(native_mask):
+        ready |= PRIORITY
+    if is_error(native_mask):
+        ready |= ERROR
+    if is_read_closed(native_mask):
+        ready |= READ_CLOSED
+    if is_write_closed(native_mask):
+        ready |= WRITE_CLOSED
+    if ready & (ERROR | READ_CLOSED) and interest & INTEREST_READABLE:
+        ready |= READABLE
+    if ready & (ERROR | WRITE_CLOSED) and interest & INTEREST_WRITABLE:
+        ready |= WRITABLE
+    return ready
 
 
 class EpollBackend:
@@ -97,11 +216,11 @@ class EpollBackend:
     closing_mask: ClassVar[int] = _ERR | _HUP | _RDHUP
     native_masks: ClassVar[tuple[int, ...] | None] = _NATIVE_MASKS
 
-    __slots__ = ("_ctl_modify", "_ctl_register", "_ctl_unregister", "_epoll", "_wake_fd", "poll")
+    __slots__ = ("_ctl_modify", "_ctl_register", "_ctl_unregister", "_epoll", "_wake", "poll")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()  # close-on-exec since Python 3.4
-        self._wake_fd = -1
+        self._wake: WakeFd | None = None
         ep = self._epoll
         self._ctl_register = ep.register
         self._ctl_modify = ep.modify
@@ -133,26 +252,7 @@ class EpollBackend:
         """Native edge triggering needs no help from the sources."""
 
     def readiness(self, native_mask: int, interest: int) -> int:
-        ready = 0
-        if native_mask & _IN:
-            ready |= 1
-        if native_mask & _OUT:
-            ready |= 2
-        if native_mask & _PRI:
-            ready |= 4
-        if native_mask & _ERR:
-            ready |= 8
-        if native_mask & (_HUP | _RDHUP):
-            ready |= 16
-        if native_mask & _HUP or native_mask == _ERR or native_mask & (_OUT | _ERR) == _OUT | _ERR:
-            ready |= 32
-        # A read or write that will fail or see EOF at once is "ready": report
-        # it as such, within what the registration asked for.
-        if ready & (8 | 16) and interest & 1:
-            ready |= 1
-        if ready & (8 | 32) and interest & 2:
-            ready |= 2
-        return ready
+        return readiness(native_mask, interest)
 
     def fileno(self) -> int:
         return self._epoll.fileno()
@@ -160,25 +260,25 @@ class EpollBackend:
     def interrupt(self) -> None:
         """Make every thread blocked in ``poll`` return, releasing nothing.
 
-        close(2) on an epoll fd does not wake its waiters, so a ready eventfd
-        is added instead.  It must stay open until those waiters have
-        collected it (a woken ``epoll_wait`` that finds the ready list empty
-        goes back to sleep): ``close`` releases it.
+        close(2) on an epoll fd does not wake its waiters, so a wake-up
+        descriptor that starts readable is added instead.  It must stay open
+        until those waiters have collected it (a woken ``epoll_wait`` that
+        finds the ready list empty goes back to sleep): ``close`` releases it.
         """
-        if self._wake_fd >= 0 or self._epoll.closed:
+        if self._wake is not None or self._epoll.closed:
             return
         try:
-            fd = os.eventfd(1, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            wake = WakeFd(woken=True)
         except OSError:
-            return
-        self._wake_fd = fd
+            return  # no descriptors left: a blocked poller stays blocked
+        self._wake = wake
         try:
-            self._epoll.register(fd, _IN)
+            self._epoll.register(wake.fileno(), _IN)
         except OSError:
             pass
 
     def close(self) -> None:
         self._epoll.close()
-        if self._wake_fd >= 0:
-            os.close(self._wake_fd)
-            self._wake_fd = -1
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake.close()

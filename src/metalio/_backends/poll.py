@@ -45,17 +45,10 @@ import select
 import sys
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from ._emulated import (
-    POLLERR,
-    POLLHUP,
-    POLLIN,
-    POLLNVAL,
-    POLLOUT,
-    POLLPRI,
-    POLLRDHUP,
-    EmulatedBackend,
-    KernelSet,
-)
+from ._bits import INTEREST_PRIORITY, INTEREST_READABLE, INTEREST_WRITABLE
+from ._emulated import EmulatedBackend
+from ._emulated_records import KernelSet
+from ._pollmask import POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI, POLLRDHUP
 
 assert not TYPE_CHECKING or sys.platform != "win32"
 
@@ -71,7 +64,9 @@ _K_RDHUP: Final[int] = getattr(select, "POLLRDHUP", 0)
 
 # Directions (Interest bits) -> the events to request.
 _REQUEST: Final = tuple(
-    ((_K_IN | _K_RDHUP) if d & 1 else 0) | (_K_OUT if d & 2 else 0) | (_K_PRI if d & 4 else 0)
+    ((_K_IN | _K_RDHUP) if d & INTEREST_READABLE else 0)
+    | (_K_OUT if d & INTEREST_WRITABLE else 0)
+    | (_K_PRI if d & INTEREST_PRIORITY else 0)
     for d in range(8)
 )
 

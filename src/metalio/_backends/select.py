@@ -52,7 +52,10 @@ import select
 import sys
 from typing import ClassVar, Final
 
-from ._emulated import POLLERR, POLLIN, POLLNVAL, POLLOUT, POLLPRI, EmulatedBackend, KernelSet
+from ._bits import INTEREST_PRIORITY, INTEREST_READABLE, INTEREST_WRITABLE
+from ._emulated import EmulatedBackend
+from ._emulated_records import KernelSet
+from ._pollmask import POLLERR, POLLIN, POLLNVAL, POLLOUT, POLLPRI
 
 __all__ = ["FD_SETSIZE", "SelectBackend"]
 
@@ -73,16 +76,16 @@ class _SelectSet:
         self._dirs: dict[int, int] = {}
 
     def update(self, fd: int, directions: int) -> None:
-        if directions & 1:
+        if directions & INTEREST_READABLE:
             self._r.add(fd)
         else:
             self._r.discard(fd)
-        if directions & 2:
+        if directions & INTEREST_WRITABLE:
             self._w.add(fd)
         else:
             self._w.discard(fd)
         # Windows reports a failed connect only in the exceptional set.
-        if directions & 4 or (_WINDOWS and directions & 2):
+        if directions & INTEREST_PRIORITY or (_WINDOWS and directions & INTEREST_WRITABLE):
             self._x.add(fd)
         else:
             self._x.discard(fd)
@@ -110,7 +113,9 @@ class _SelectSet:
         for fd in x:
             if _WINDOWS:
                 dirs = self._dirs.get(fd, 0)
-                bits = (POLLPRI if dirs & 4 else 0) | (POLLERR if dirs & 2 else 0)
+                bits = (POLLPRI if dirs & INTEREST_PRIORITY else 0) | (
+                    POLLERR if dirs & INTEREST_WRITABLE else 0
+                )
             else:
                 bits = POLLPRI
             masks[fd] = get(fd, 0) | bits
