@@ -249,17 +249,67 @@ def test_client_reports_refused_connection() -> None:
     assert "cannot connect" in result.stderr
 
 
-def test_bench_defaults_to_the_short_run(tmp_path, monkeypatch, capsys) -> None:
+def _fake_bench(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys\n"
+        "print(json.dumps({'argv': sys.argv[1:], 'exe': sys.executable, 'main': __name__}))\n"
+        + body
+    )
+    return script
+
+
+def test_bench_runs_the_script_in_a_child_with_the_short_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     import metalio.cli as cli
 
-    script = tmp_path / "run.py"
-    script.write_text("import json\n\ndef main(argv):\n    print(json.dumps(argv))\n    return 0\n")
+    script = _fake_bench(tmp_path, "")
     monkeypatch.setattr(cli, "find_bench", lambda: script)
-    assert cli.main(["bench"]) == 0
-    assert json.loads(capsys.readouterr().out) == ["--quick"]
-    assert cli.main(["bench", "--full", "--json", "x"]) == 0
-    assert json.loads(capsys.readouterr().out) == ["--full", "--json", "x"]
-    assert cli.main(["bench", "--servers", "epoll_floor"]) == 0
-    assert json.loads(capsys.readouterr().out) == ["--quick", "--servers", "epoll_floor"]
+    for args, expected in [
+        ([], ["--quick"]),
+        (["--full", "--json", "x"], ["--full", "--json", "x"]),
+        (["--servers", "epoll_floor"], ["--quick", "--servers", "epoll_floor"]),
+        (["--help"], ["--help"]),
+    ]:
+        assert cli.main(["bench", *args]) == 0
+        seen = json.loads(capfd.readouterr().out)
+        assert seen["argv"] == expected
+        # A script run by this interpreter, not a module imported into this process.
+        assert seen["exe"] == sys.executable
+        assert seen["main"] == "__main__"
+    assert "metalio_bench_echo_run" not in sys.modules
+
+
+@pytest.mark.parametrize(("body", "status"), [("sys.exit(3)\n", 3), ("raise SystemExit(0)\n", 0)])
+def test_bench_forwards_the_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, status: int
+) -> None:
+    import metalio.cli as cli
+
+    monkeypatch.setattr(cli, "find_bench", lambda: _fake_bench(tmp_path, body))
+    assert cli.main(["bench", "--quick"]) == status
+
+
+def test_bench_child_killed_by_a_signal_gives_128_plus_n(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import metalio.cli as cli
+
+    body = "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n"
+    monkeypatch.setattr(cli, "find_bench", lambda: _fake_bench(tmp_path, body))
+    assert cli.main(["bench"]) == 128 + signal.SIGTERM
+
+
+def test_bench_without_a_checkout_says_so_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import metalio.cli as cli
+
+    monkeypatch.setattr(cli, "find_bench", lambda: None)
+    assert cli.main(["bench", "--full"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout only" in err
+    assert "bench/echo/run.py" in err

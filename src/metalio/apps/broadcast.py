@@ -14,7 +14,7 @@ interleave at chunk boundaries; the server adds no framing).  The sender
 receives its own bytes too.
 
 *Zero copies where Python allows.*  Each read lands in one reused,
-page-aligned 64 KiB buffer (:func:`metalio.apps.aligned_buffer`).  The
+page-aligned 64 KiB buffer (:func:`metalio.apps.startup.aligned_buffer`).  The
 chunk is then written straight from that buffer to every client whose
 queue is empty, which on a healthy server is all of them: one kernel copy
 in, one per client out, nothing in between.  Only when some client cannot
@@ -47,14 +47,15 @@ until the next write to it fails, TCP keep-alive (probes after 30 s idle)
 is switched on for such connections so they are reaped even when no one
 broadcasts.
 
-*Edge triggers.*  Every registration is ``PollOpt.EDGE``.  On epoll and
-kqueue a short read (fewer bytes than asked) or a partial write means the
-kernel buffer was exhausted at that moment and a later change raises a new
-edge, so the server stops there and skips the system call that would only
-say "would block".  On the poll/select backends, which emulate edges by
-re-arming when a ``try_*`` call returns ``None``, it always drains to
-``None``.  A client with data left after :data:`~metalio.apps.READ_BUDGET`
-reads is continued later in the same iteration (see :mod:`metalio.apps`).
+*Edge triggers.*  Every registration is ``PollOpt.EDGE``, and the server
+follows the rule every metalio program follows on every backend: read
+until ``try_read_into`` returns ``None``, write until ``try_write`` /
+``try_writev`` returns ``None`` (or the queue is empty).  A short read or a
+partial write is not taken as proof that the kernel buffer ran dry; the
+contract lets the streams answer the last, "would block" call without a
+system call.  A client with data left after
+:data:`~metalio.apps.READ_BUDGET` reads is continued later in the same
+iteration (see :mod:`metalio.apps.server`).
 """
 
 from __future__ import annotations
@@ -65,22 +66,13 @@ from collections import deque
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Final
 
-from metalio.apps import (
-    CHUNK_SIZE,
-    LISTENER,
-    READ_BUDGET,
-    Conn,
-    TcpServer,
-    aligned_buffer,
-    describe_error,
-    run_server,
-)
+from metalio.apps.server import CHUNK_SIZE, LISTENER, READ_BUDGET, Conn, TcpServer
+from metalio.apps.startup import aligned_buffer, describe_error, run_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from metalio._flags import Ready
-    from metalio.loop import EventLoop
+    from metalio import EventLoop, Ready
     from metalio.net import TcpListener
 
 __all__ = [
@@ -108,7 +100,6 @@ WRITEV_BATCH: Final = 64
 # Ready bits as plain ints: enum arithmetic costs ~0.6 us a go, an int test 20 ns.
 _WRITABLE: Final = 2
 _READ_ANY: Final = 1 | 8 | 16  # READABLE | ERROR | READ_CLOSED
-_MUST_DRAIN: Final = 8 | 16  # ERROR | READ_CLOSED: read to the end, whatever the size
 _GONE: Final = 8 | 32  # ERROR | WRITE_CLOSED
 
 _KEEPALIVE: Final = tuple(
@@ -153,9 +144,6 @@ class BroadcastServer(TcpServer):
         self.chunk_size = chunk_size
         self._view = aligned_buffer(chunk_size)
         self._fanout: list[Conn] | None = None
-        # True edges (epoll, kqueue): a short read/partial write proves the buffer
-        # ran dry, so the "would block" call can be skipped.
-        self._exact_edges = loop.poll.backend in ("epoll", "kqueue")
         self.chunks = 0
         """Chunks broadcast so far."""
 
@@ -181,7 +169,7 @@ class BroadcastServer(TcpServer):
                 return
         if r & _READ_ANY:
             if not conn.eof:
-                self._read(conn, bool(r & _MUST_DRAIN) or not self._exact_edges)
+                self._read(conn)
             elif r & _GONE:
                 # Verify before dropping: the event may be a stale one meant for
                 # the previous holder of this token (see metalio.apps).
@@ -191,13 +179,12 @@ class BroadcastServer(TcpServer):
 
     def continue_read(self, conn: Conn) -> None:
         if not conn.eof:
-            # Drain to "would block": the edge that started this turn may also
-            # have carried an error, which must not wait for the next write.
-            self._read(conn, True)
+            self._read(conn)
 
     # -- reading -----------------------------------------------------------------
 
-    def _read(self, conn: Conn, drain: bool) -> None:
+    def _read(self, conn: Conn) -> None:
+        """Read and broadcast until ``try_read_into`` says "would block" (or the budget is spent)."""
         stream = conn.stream
         view = self._view
         size = self.chunk_size
@@ -214,8 +201,6 @@ class BroadcastServer(TcpServer):
                 return
             self._broadcast(view if n == size else view[:n], n)
             if conn.closed:
-                return
-            if n < size and not drain:
                 return
         self.defer_read(conn)
 
@@ -304,7 +289,6 @@ class BroadcastServer(TcpServer):
         if queue is None:  # pragma: no cover - writing implies a queue
             return
         stream = conn.stream
-        exact = self._exact_edges
         while queue:
             whole = len(queue) <= WRITEV_BATCH
             try:
@@ -329,8 +313,6 @@ class BroadcastServer(TcpServer):
                 queue.popleft()
                 conn.queued -= CHUNK_OVERHEAD
                 written -= size
-            if queue and whole and exact:
-                return  # a partial write: the socket is full, an edge will follow
         conn.queue = None  # caught up: give the deque back
         conn.queued = 0
         self.want_read(conn)

@@ -22,9 +22,10 @@ server does not read while it is behind), so by then every echo has been
 handed to the kernel; the connection is closed and the kernel delivers the
 rest before its FIN.
 
-Registrations are ``PollOpt.EDGE``; short reads end a turn on epoll and
-kqueue and reads are budgeted per turn exactly as in
-:mod:`metalio.apps.broadcast` (see :mod:`metalio.apps`).
+Registrations are ``PollOpt.EDGE``: a client is read until ``try_read_into``
+returns ``None`` (a short read is not taken as proof of an empty buffer; the
+contract lets the streams answer that last call without a system call), and reads are budgeted per turn as
+in :mod:`metalio.apps.broadcast` (see :mod:`metalio.apps.server`).
 """
 
 from __future__ import annotations
@@ -33,22 +34,13 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from metalio.apps import (
-    CHUNK_SIZE,
-    LISTENER,
-    READ_BUDGET,
-    Conn,
-    TcpServer,
-    aligned_buffer,
-    describe_error,
-    run_server,
-)
+from metalio.apps.server import CHUNK_SIZE, LISTENER, READ_BUDGET, Conn, TcpServer
+from metalio.apps.startup import aligned_buffer, describe_error, run_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from metalio._flags import Ready
-    from metalio.loop import EventLoop
+    from metalio import EventLoop, Ready
     from metalio.net import TcpListener
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "EchoServer", "serve"]
@@ -58,7 +50,6 @@ DEFAULT_PORT: Final = 7007
 
 _WRITABLE: Final = 2
 _READ_ANY: Final = 1 | 8 | 16  # READABLE | ERROR | READ_CLOSED
-_MUST_DRAIN: Final = 8 | 16
 
 
 class EchoServer(TcpServer):
@@ -89,7 +80,6 @@ class EchoServer(TcpServer):
         super().__init__(loop, listener, max_clients=max_clients, logger=logger)
         self.chunk_size = chunk_size
         self._view = aligned_buffer(chunk_size)
-        self._exact_edges = loop.poll.backend in ("epoll", "kqueue")
 
     def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
         if token == LISTENER:
@@ -104,15 +94,16 @@ class EchoServer(TcpServer):
                 return
             if not self._flush(conn):
                 return  # still behind (or closed): not reading meanwhile
-            self._read(conn, True)  # data may have waited while we did not read
+            self._read(conn)  # data may have waited while we did not read
         elif r & _READ_ANY:
-            self._read(conn, bool(r & _MUST_DRAIN) or not self._exact_edges)
+            self._read(conn)
 
     def continue_read(self, conn: Conn) -> None:
         if not conn.writing:
-            self._read(conn, True)
+            self._read(conn)
 
-    def _read(self, conn: Conn, drain: bool) -> None:
+    def _read(self, conn: Conn) -> None:
+        """Read and echo until ``try_read_into`` says "would block" (or the budget is spent)."""
         stream = conn.stream
         view = self._view
         size = self.chunk_size
@@ -137,8 +128,6 @@ class EchoServer(TcpServer):
                 # Keep the rest (one copy) and stop reading until it is gone.
                 conn.queue = deque((bytes(data[written or 0 :]),))
                 self.want_write(conn, reading=False)
-                return
-            if n < size and not drain:
                 return
         self.defer_read(conn)
 
