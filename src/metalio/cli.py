@@ -3,6 +3,7 @@
 Commands::
 
     metalio broadcast [--host H] [--port P] [--max-clients N] [--max-buffer BYTES]
+                      [--soft-buffer BYTES] [--slow-timeout SECONDS]
                       [--backend NAME] [--log-level LEVEL]
     metalio echo      [--host H] [--port P] [--max-clients N] [--backend NAME]
                       [--log-level LEVEL]
@@ -80,6 +81,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"duration must be a positive number of seconds, got {text!r}"
+        )
+    return value
+
+
 def _version() -> str:
     from metalio import __version__
 
@@ -119,8 +132,26 @@ def _server_options(parser: argparse.ArgumentParser, default_port: int, *, broad
             type=parse_size,
             default=1 << 20,
             metavar="BYTES",
-            help="per-client limit on queued outgoing bytes; a client over it is "
-            "disconnected as a slow reader (default: 1M; K/M/G suffixes allowed)",
+            help="hard per-client limit on queued outgoing bytes: a client over it is "
+            "disconnected at once as a slow reader (default: 1M; K/M/G suffixes allowed)",
+        )
+        parser.add_argument(
+            "--soft-buffer",
+            type=parse_size,
+            default=256 << 10,
+            metavar="BYTES",
+            help="soft per-client limit (at most --max-buffer): a client over it no "
+            "longer paces the senders and is disconnected unless it catches up within "
+            "--slow-timeout; senders stop being read while a client that keeps up holds "
+            "more than half of it, and resume below an eighth (default: 256K)",
+        )
+        parser.add_argument(
+            "--slow-timeout",
+            type=_seconds,
+            default=10.0,
+            metavar="SECONDS",
+            help="how long a client over --soft-buffer (or one that stopped reading) "
+            "has to catch up before it is disconnected (default: %(default)g)",
         )
     parser.add_argument(
         "--backend",
@@ -151,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         "broadcast",
         help="broadcast server: every client's bytes go to every client",
         description="Broadcast ('multi-echo') server: every chunk any client sends is "
-        "written to every connected client, the sender included, in order. Slow readers "
-        "are disconnected once --max-buffer bytes are queued for them. Prints "
+        "written to every connected client, the sender included, in order. Senders are "
+        "paced to the clients that keep up (not read while those are behind); a client "
+        "over --soft-buffer is disconnected if it has not caught up after --slow-timeout, "
+        "one over --max-buffer at once. Prints "
         "'listening on HOST:PORT' when ready; Ctrl-C or SIGTERM stops it (status 0).",
     )
     _server_options(broadcast, 7000, broadcast=True)
@@ -261,6 +294,8 @@ def _serve(ns: argparse.Namespace) -> int:
                 ns.port,
                 max_clients=ns.max_clients,
                 max_buffer=ns.max_buffer,
+                soft_buffer=ns.soft_buffer,
+                slow_timeout=ns.slow_timeout,
                 backend=ns.backend,
                 on_listening=_announce,
                 logger=logger,

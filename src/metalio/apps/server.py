@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import os
 import signal as signal_module
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -100,7 +101,9 @@ class Conn:
     times the rest of an idle connection's Python state.  ``queued`` is what
     the queue is charged against the server's per-client limits.
     ``writing`` says whether ``WRITABLE`` interest is registered (only while
-    the queue is non-empty).
+    the queue is non-empty).  ``level`` and ``mark`` belong to the
+    broadcast's flow control (:mod:`metalio.apps.pacing`): the receiver's
+    pacing state and the queue size whose crossing changes it.
 
     ``write(data)`` is the socket's raw write, for the broadcast's inner loop
     (one call per client per chunk): ``os.write`` on the descriptor where
@@ -114,6 +117,8 @@ class Conn:
         "addr",
         "closed",
         "eof",
+        "level",
+        "mark",
         "queue",
         "queued",
         "stream",
@@ -134,6 +139,8 @@ class Conn:
         self.closed = False
         self.eof = False
         self.writing = False
+        self.level = 0
+        self.mark = sys.maxsize
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.queue or ())} queued"
@@ -145,7 +152,7 @@ class TcpServer(Handler):
 
     Subclasses implement :meth:`ready` for client tokens (calling
     :meth:`accept` for :data:`LISTENER`) and :meth:`continue_read` for the
-    fairness list, and may override :meth:`on_admit` and
+    fairness list, and may override :meth:`on_admit`, :meth:`on_drop` and
     :meth:`on_membership_change`.
 
     :param loop: the loop this server runs on; the listener is registered here.
@@ -179,6 +186,7 @@ class TcpServer(Handler):
         self._kicked = False
         self._accept_more = False
         self._unfinished: list[Conn] = []
+        self._soon: list[Callable[[], None]] = []
         self._closed = False
         addr = listener.local_addr()
         self.address: tuple[str, int] = (str(addr[0]), int(addr[1]))
@@ -281,6 +289,7 @@ class TcpServer(Handler):
         if conn.closed:
             return
         conn.closed = True
+        self.on_drop(conn)
         conn.queue = None
         conn.queued = 0
         stream = conn.stream
@@ -327,12 +336,36 @@ class TcpServer(Handler):
         conn.writing = False
         return True
 
+    @staticmethod
+    def pending_error(conn: Conn) -> OSError | None:
+        """*conn*'s failure, if it has one: ``SO_ERROR``, else what an empty
+        write says (``EPIPE`` once the peer is gone for good).  Used to check
+        a hang-up event before acting on it (it may be stale: see *Stale events*)."""
+        stream = conn.stream
+        try:
+            error = stream.take_error()
+            if error is None:
+                stream.try_write(b"")
+        except OSError as exc:
+            return exc
+        return error
+
     # -- fairness ----------------------------------------------------------------
 
     def defer_read(self, conn: Conn) -> None:
         """*conn* used its read budget with data left: continue after the others."""
         self._unfinished.append(conn)
         self._kick()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run *callback* in this iteration's continuation phase, after every I/O event.
+
+        Callbacks run after the :meth:`defer_read` continuations, in the
+        order given.  Nothing runs once the server is closed.
+        """
+        if not self._closed:
+            self._soon.append(callback)
+            self._kick()
 
     def _kick(self) -> None:
         # A message to ourselves: the next poll does not block, and notify()
@@ -351,6 +384,11 @@ class TcpServer(Handler):
         for conn in pending:
             if not conn.closed:
                 self.continue_read(conn)
+        if self._soon:
+            soon = self._soon
+            self._soon = []
+            for callback in soon:
+                callback()
 
     # -- subclass hooks ------------------------------------------------------------
 
@@ -363,6 +401,9 @@ class TcpServer(Handler):
 
     def on_admit(self, conn: Conn) -> None:
         """Called once *conn* is registered and counted."""
+
+    def on_drop(self, conn: Conn) -> None:
+        """Called once when *conn* starts closing, before its queue is discarded."""
 
     def on_membership_change(self) -> None:
         """Called after a connection is added or removed."""
