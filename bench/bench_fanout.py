@@ -10,6 +10,8 @@ Usage::
 
     python bench/bench_fanout.py              # windows 1 KiB and 64 KiB, N = 10 and 100
     python bench/bench_fanout.py --windows 1024 --receivers 10 --repeat 1 --servers metalio,asyncio
+    python bench/bench_fanout.py --windows flood --receivers 2,10   # one sender flooding
+    python bench/bench_fanout.py --baseline main=/path/to/other/checkout/src   # before/after
 
 Two regimes
 -----------
@@ -25,11 +27,21 @@ list, so its echo means the whole fan-out of that byte was written).
 * ``--windows 65536``: 64 messages in flight, the server reads them in
   batches and writes large chunks: the kernel's copying and TCP work
   dominates and every server converges (CPU per MiB is the figure).
+* ``--windows flood``: no window and no lag limit: the sender writes 64 KiB
+  blocks as fast as the server reads them (draining its own echo), the
+  receivers read continuously (no nap).  The server's flow control is
+  what is measured: metalio paces the sender to the receivers
+  (``--soft-buffer``), and the asyncio/uvloop servers run with the
+  standard asyncio equivalent, ``pause_reading()`` on every client while
+  any transport is over its write high-water mark (``pause_writing``),
+  ``resume_reading()`` once none is.  Receivers lost (disconnected) are
+  reported; with flow control there should be none.
 
 Method
 ------
-* Servers: ``python -m metalio broadcast`` from this checkout's ``src/``,
-  and an equivalent asyncio ``Protocol`` server (``data_received`` writes
+* Servers: ``python -m metalio broadcast`` from this checkout's ``src/``
+  (and, with ``--baseline NAME=SRC``, from another source tree, for a
+  before/after comparison in one run), and an equivalent asyncio ``Protocol`` server (``data_received`` writes
   the bytes to every transport) on the default loop and on uvloop, run from
   this file (``--serve asyncio|uvloop``).  All print ``listening on
   HOST:PORT`` and set ``TCP_NODELAY`` on their connections (asyncio and
@@ -69,12 +81,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 MESSAGE = 1024
+FLOOD = 0  # the window value that stands for the flood case
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVERS = ("metalio", "asyncio", "uvloop")
 
@@ -90,17 +104,20 @@ SLOTS = 5
 # -- the asyncio / uvloop servers (run as subprocesses of this file) ----------------
 
 
-def serve_asyncio(flavour: str) -> None:
+def serve_asyncio(flavour: str, paced: bool) -> None:
     import asyncio
 
     clients: list[asyncio.Transport] = []
+    full: set[asyncio.BaseTransport] = set()  # transports over their write high-water mark
 
     class Broadcast(asyncio.Protocol):
         transport: asyncio.Transport
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-            clients.append(transport)
+            clients.append(transport)  # type: ignore[arg-type]
+            if full:
+                self.transport.pause_reading()
 
         def data_received(self, data: bytes) -> None:
             for transport in clients:
@@ -108,6 +125,23 @@ def serve_asyncio(flavour: str) -> None:
 
         def connection_lost(self, exc: Exception | None) -> None:
             clients.remove(self.transport)
+            if self.transport in full:
+                self.resume_writing()
+
+        if paced:
+            # asyncio's flow control: a full transport pauses every sender.
+            def pause_writing(self) -> None:
+                if not full:
+                    for transport in clients:
+                        transport.pause_reading()
+                full.add(self.transport)
+
+            def resume_writing(self) -> None:
+                full.discard(self.transport)
+                if not full:
+                    for transport in clients:
+                        if not transport.is_closing():
+                            transport.resume_reading()
 
     if flavour == "uvloop":
         import uvloop
@@ -127,11 +161,14 @@ def serve_asyncio(flavour: str) -> None:
 # -- process helpers -----------------------------------------------------------------
 
 
-def start_server(name: str, cpu: int | None) -> tuple[subprocess.Popen[bytes], int]:
-    if name == "metalio":
+def start_server(
+    name: str, cpu: int | None, *, sources: dict[str, Path], paced: bool
+) -> tuple[subprocess.Popen[bytes], int]:
+    if name in sources:
+        src = sources[name]
         env = dict(
             os.environ,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
         )
         cmd = [
             sys.executable,
@@ -145,7 +182,7 @@ def start_server(name: str, cpu: int | None) -> tuple[subprocess.Popen[bytes], i
         ]
     else:
         env = dict(os.environ)
-        cmd = [sys.executable, __file__, "--serve", name]
+        cmd = [sys.executable, __file__, "--serve", name, *(["--paced"] if paced else [])]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
     try:
         if cpu is not None:
@@ -233,34 +270,20 @@ def receiver(port: int, counts: memoryview, indices: range, n: int, copy: bool, 
             time.sleep(nap)
 
 
-def sender(port: int, counts: memoryview, n: int, window: int, max_lag: int, batch: int) -> None:
+def _connect_sender(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
-    block = memoryview(bytes(range(256)) * (64 * MESSAGE // 256))
-    sink = bytearray(1 << 20)
-    size = len(sink)
-    trunc = socket.MSG_TRUNC
+    return sock
+
+
+def _synchronise(sock: socket.socket, counts: memoryview, n: int, drain: Callable[[], int]) -> None:
+    """Probe bytes until every receiver has seen one (all admitted), then tell the driver."""
     receivers = counts[:n]
-    stop_slot = n + SLOT_STOP
-    echoed = 0
-
-    def drain() -> None:
-        nonlocal echoed
-        while True:
-            try:
-                got = sock.recv_into(sink, size, trunc)
-            except BlockingIOError:
-                return
-            if not got:
-                raise ConnectionError("server closed the sender")
-            echoed += got
-
-    # Synchronise: probe bytes until every receiver has seen one (all admitted).
     while not counts[n + SLOT_GO]:
         time.sleep(0.005)
     deadline = time.monotonic() + 20
-    sent = 0
+    sent = echoed = 0
     while True:
         before = list(receivers)
         sock.send(b"\x00")
@@ -270,23 +293,51 @@ def sender(port: int, counts: memoryview, n: int, window: int, max_lag: int, bat
             a <= b for a, b in zip(receivers, before, strict=True)
         ):
             select.select([sock], [], [], 0.005)
-            drain()
+            echoed += drain()
         if all(a > b for a, b in zip(receivers, before, strict=True)):
             break
         if time.monotonic() > deadline:
             raise RuntimeError("receivers were never all admitted")
     time.sleep(0.05)
-    drain()
+    echoed += drain()
     if echoed != sent:
         raise RuntimeError(f"sender echo {echoed} != sent {sent}")
-    base = list(receivers)
     counts[n + SLOT_GO] = 2  # synchronised: the driver starts its clock
+
+
+def _drainer(sock: socket.socket) -> Callable[[], int]:
+    sink = bytearray(1 << 20)
+    size = len(sink)
+    trunc = socket.MSG_TRUNC
+
+    def drain() -> int:
+        got = 0
+        while True:
+            try:
+                n = sock.recv_into(sink, size, trunc)
+            except BlockingIOError:
+                return got
+            if not n:
+                raise ConnectionError("server closed the sender")
+            got += n
+
+    return drain
+
+
+def sender(port: int, counts: memoryview, n: int, window: int, max_lag: int, batch: int) -> None:
+    sock = _connect_sender(port)
+    block = memoryview(bytes(range(256)) * (64 * MESSAGE // 256))
+    drain = _drainer(sock)
+    receivers = counts[:n]
+    stop_slot = n + SLOT_STOP
+    _synchronise(sock, counts, n, drain)
+    base = list(receivers)
     sent = echoed = 0
     message = block[: MESSAGE * batch]
     step = len(message)
     lag_checked = 0
     while not counts[stop_slot]:
-        drain()
+        echoed += drain()
         room = window - (sent - echoed)
         if room < step:
             # Woken by the echo of what is in flight: no polling delay.
@@ -308,6 +359,24 @@ def sender(port: int, counts: memoryview, n: int, window: int, max_lag: int, bat
         counts[n + SLOT_SENT] = sent
 
 
+def flood_sender(port: int, counts: memoryview, n: int) -> None:
+    """Send 64 KiB blocks as fast as the server takes them, draining the echo."""
+    sock = _connect_sender(port)
+    block = memoryview(bytes(range(256)) * 256)
+    drain = _drainer(sock)
+    stop_slot = n + SLOT_STOP
+    _synchronise(sock, counts, n, drain)
+    sent = 0
+    while not counts[stop_slot]:
+        drain()
+        try:
+            sent += sock.send(block)
+        except BlockingIOError:
+            select.select([sock], [sock], [], 0.01)
+            continue
+        counts[n + SLOT_SENT] = sent
+
+
 # -- one measurement ----------------------------------------------------------------------
 
 
@@ -320,24 +389,34 @@ class Result:
     dead: int
 
 
-def measure(server: str, n: int, window: int, args: argparse.Namespace) -> Result:
+def measure(
+    server: str, n: int, window: int, args: argparse.Namespace, sources: dict[str, Path]
+) -> Result:
+    """One run; *window* 0 is the flood case."""
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     server_cpu, load_cpu = (0, 1) if pin else (None, None)
     shared = mmap.mmap(-1, 8 * (n + SLOTS))
     counts = memoryview(shared).cast("Q")
     pids: list[int] = []
-    proc, port = start_server(server, server_cpu)
+    flood = window == FLOOD
+    proc, port = start_server(server, server_cpu, sources=sources, paced=flood)
     try:
         procs = max(1, min(args.procs, n))
         for k in range(procs):
             indices = range(k * n // procs, (k + 1) * n // procs)
-            pids.append(fork(receiver, port, counts, indices, n, args.copy, args.nap, cpu=load_cpu))
+            nap = 0.0 if flood else args.nap
+            pids.append(fork(receiver, port, counts, indices, n, args.copy, nap, cpu=load_cpu))
         deadline = time.monotonic() + 20
         while counts[n + SLOT_READY] < procs:
             if time.monotonic() > deadline:
                 raise RuntimeError("receivers did not connect")
             time.sleep(0.01)
-        pids.append(fork(sender, port, counts, n, window, args.max_lag, args.batch, cpu=load_cpu))
+        if flood:
+            pids.append(fork(flood_sender, port, counts, n, cpu=load_cpu))
+        else:
+            pids.append(
+                fork(sender, port, counts, n, window, args.max_lag, args.batch, cpu=load_cpu)
+            )
         counts[n + SLOT_GO] = 1
         while counts[n + SLOT_GO] != 2:
             if time.monotonic() > deadline:
@@ -373,6 +452,15 @@ def measure(server: str, n: int, window: int, args: argparse.Namespace) -> Resul
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
+    parser.add_argument("--paced", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run 'python -m metalio broadcast' from the source tree SRC (a src/ "
+        "directory of another checkout) under the server name NAME; repeatable",
+    )
     parser.add_argument("--receivers", default="10,100", help="comma-separated N (default: 10,100)")
     parser.add_argument(
         "--servers", default=",".join(SERVERS), help="default: metalio,asyncio,uvloop"
@@ -383,7 +471,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--windows",
         default="1024,65536",
-        help="comma-separated bytes the sender may have in flight (default: 1024,65536)",
+        help="comma-separated bytes the sender may have in flight, or 'flood' "
+        "(default: 1024,65536)",
     )
     parser.add_argument(
         "--max-lag",
@@ -415,9 +504,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve:
-        serve_asyncio(args.serve)
+        serve_asyncio(args.serve, args.paced)
         return 0
-    servers = [s for s in args.servers.split(",") if s]
+    sources = {"metalio": SRC}
+    for item in args.baseline:
+        name, sep, path = item.partition("=")
+        if not sep or not name or name in SERVERS:
+            raise SystemExit(f"--baseline wants NAME=SRC with a new NAME, got {item!r}")
+        sources[name] = Path(path).resolve()
+    servers = [s for s in args.servers.split(",") if s] + [
+        b.partition("=")[0] for b in args.baseline
+    ]
     if "uvloop" in servers:
         try:
             import uvloop  # noqa: F401
@@ -425,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             print("uvloop is not installed: skipping it", file=sys.stderr)
             servers.remove("uvloop")
     sizes = [int(x) for x in args.receivers.split(",") if x]
-    windows = [int(x) for x in args.windows.split(",") if x]
+    windows = [FLOOD if x == "flood" else int(x) for x in args.windows.split(",") if x]
     results: dict[tuple[int, int, str], list[Result]] = {}
     for rep in range(args.repeat):
         # The order rotates from one repetition to the next, so that no
@@ -434,11 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         for window in windows:
             for n in sizes:
                 for server in order:
-                    res = measure(server, n, window, args)
+                    res = measure(server, n, window, args, sources)
                     results.setdefault((window, n, server), []).append(res)
                     lost = f"  ({res.dead} receivers lost)" if res.dead else ""
                     print(
-                        f"  window {window:6}  {server:8} N={n:<4} {res.mib_s:8.1f} MiB/s"
+                        f"  window {window or 'flood':>6}  {server:8} N={n:<4} {res.mib_s:8.1f} MiB/s"
                         f"  server CPU {100 * res.cpu_share:5.1f}%"
                         f"  {res.cpu_ms_per_mib:6.3f} ms/MiB (user {res.user_ms_per_mib:6.3f}){lost}",
                         file=sys.stderr,
@@ -467,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for s in servers:
                 mib_s, share, ms, user_ms = med[s]
+                lost = max(r.dead for r in results[(window, n, s)])
                 speed, cost = [], []
                 mine = results[(window, n, s)]
                 for ref in ("asyncio", "uvloop"):
@@ -483,8 +581,9 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         speed.append("—")
                         cost.append("—")
+                label = f"{window >> 10} KiB" if window else "flood"
                 print(
-                    f"| {window >> 10} KiB | {n} | {s} | {mib_s:.0f} | {100 * share:.0f}% "
+                    f"| {label} | {n} | {s} | {mib_s:.0f}{f' ({lost} lost)' if lost else ''} | {100 * share:.0f}% "
                     f"| {ms:.3f} | {user_ms:.3f} | {speed[0]} | {speed[1]} | {cost[0]} | {cost[1]} |"
                 )
     return 0

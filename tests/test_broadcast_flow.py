@@ -269,11 +269,11 @@ def test_stalled_reader_is_cut_off_after_the_slow_timeout_not_before(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_short_stall_then_catch_up_keeps_every_byte(tmp_path: Path, backend: str) -> None:
     # 1.5 s without reading: longer than pacing waits for one receiver (1 s),
-    # shorter than --slow-timeout; the reader must then catch up unharmed.
+    # so the staller lags, but shorter than --slow-timeout (3 s): once it has
+    # caught up it must be kept, also after its slow clock would have run out.
     count = 16
     block = os.urandom(MiB)
-    expected = stream_digest(block, count)
-    args = ("--backend", backend, "--max-buffer", "64M", "--slow-timeout", "8")
+    args = ("--backend", backend, "--max-buffer", "64M", "--slow-timeout", "3")
     with broadcast_server(tmp_path, *args) as server:
         sender = server.connect()
         steady = server.connect()
@@ -281,19 +281,49 @@ def test_short_stall_then_catch_up_keeps_every_byte(tmp_path: Path, backend: str
         with closing([sender, steady, staller]):
             server.wait_for(r"\(3 connected\)", 20)
             threads = [
-                Reader(sender, count * MiB),
-                Reader(steady, count * MiB),
-                Reader(staller, count * MiB, stall=1.5),
+                Reader(sender, (count + 1) * MiB),
+                Reader(steady, (count + 1) * MiB),
+                Reader(staller, (count + 1) * MiB, stall=1.5),
             ]
             for thread in threads:
                 thread.start()
+            started = time.monotonic()
             writer = Writer(sender, block, count)
             writer.start()
             writer.check(60)
+            while threads[2].nbytes < count * MiB and time.monotonic() - started < 60:
+                time.sleep(0.05)
+            time.sleep(max(0.0, started + 4.5 - time.monotonic()))
+            writer = Writer(sender, block, 1)  # still a member: gets the next bytes
+            writer.start()
+            writer.check(30)
             for thread in threads:
-                thread.check(expected, 60)
+                thread.check(stream_digest(block, count + 1), 60)
         log = server.stop()
     assert "disconnected: slow reader" not in log
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_over_the_hard_limit_a_reader_is_cut_off_at_once(tmp_path: Path, backend: str) -> None:
+    block = os.urandom(MiB)
+    args = ("--backend", backend, "--max-buffer", "2M", "--slow-timeout", "60")
+    with broadcast_server(tmp_path, *args) as server:
+        sender = server.connect()
+        stalled = server.connect(rcvbuf=4096, mss=1024)  # never read
+        stalled_addr = addr_of(stalled)
+        with closing([sender, stalled]):
+            server.wait_for(r"\(2 connected\)", 20)
+            echo = Reader(sender, 8 * MiB)
+            echo.start()
+            writer = Writer(sender, block, 8)
+            writer.start()
+            # Long before the 60 s slow timeout could run out.
+            server.wait_for(re.escape(f"({stalled_addr}) disconnected"), 30)
+            writer.check(30)
+            echo.check(stream_digest(block, 8), 30)
+        log = server.stop()
+    line = next(x for x in log.splitlines() if f"({stalled_addr}) disconnected" in x)
+    assert "slow reader" in line and "--max-buffer" in line, line
 
 
 # -- 50 senders, pacing on and off ------------------------------------------------------------
