@@ -28,6 +28,8 @@ and the server sends itself a message through the loop's notify channel,
 which makes the next poll return at once and runs the continuation after
 everyone else's events.  One fast sender or a connect flood cannot starve
 the others, and no edge is lost: the server, not a new edge, resumes them.
+:meth:`TcpServer.call_soon` runs any other continuation in the same phase
+(the broadcast's flow control resumes paused senders through it).
 
 *Stale events.*  A token freed by a disconnect may be handed to a new
 client within the same batch of events (the slab reuses keys at once), so
