@@ -368,12 +368,15 @@ def flood_sender(port: int, counts: memoryview, n: int) -> None:
     _synchronise(sock, counts, n, drain)
     sent = 0
     while not counts[stop_slot]:
-        drain()
         try:
+            drain()
             sent += sock.send(block)
         except BlockingIOError:
             select.select([sock], [sock], [], 0.01)
             continue
+        except OSError:  # cut off (a server without flow control): counted, not a crash
+            counts[n + SLOT_DEAD] += 1
+            return
         counts[n + SLOT_SENT] = sent
 
 
@@ -565,6 +568,10 @@ def main(argv: list[str] | None = None) -> int:
             for s in servers:
                 mib_s, share, ms, user_ms = med[s]
                 lost = max(r.dead for r in results[(window, n, s)])
+                label = f"{window >> 10} KiB" if window else "flood"
+                if mib_s < 0.1:  # nothing delivered (everyone cut off): no per-MiB figures
+                    print(f"| {label} | {n} | {s} | 0 ({lost} lost) | — | — | — |" + " — |" * 4)
+                    continue
                 speed, cost = [], []
                 mine = results[(window, n, s)]
                 for ref in ("asyncio", "uvloop"):
@@ -581,7 +588,6 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         speed.append("—")
                         cost.append("—")
-                label = f"{window >> 10} KiB" if window else "flood"
                 print(
                     f"| {label} | {n} | {s} | {mib_s:.0f}{f' ({lost} lost)' if lost else ''} | {100 * share:.0f}% "
                     f"| {ms:.3f} | {user_ms:.3f} | {speed[0]} | {speed[1]} | {cost[0]} | {cost[1]} |"
