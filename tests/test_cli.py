@@ -85,6 +85,13 @@ def test_help_of_each_command(command: str) -> None:
     assert "--help" in result.stdout
 
 
+def test_broadcast_help_documents_the_limits_and_their_defaults() -> None:
+    text = " ".join(run("broadcast", "--help").stdout.split())
+    for option in ("--max-buffer", "--soft-buffer", "--slow-timeout"):
+        assert option in text
+    assert "default: 1M" in text and "default: 256K" in text and "default: 10)" in text
+
+
 def test_top_level_help_lists_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
@@ -127,6 +134,11 @@ def test_bench_without_checkout_or_with_help() -> None:
         (["broadcast", "--max-buffer", "12X"], "invalid size"),
         (["broadcast", "--max-buffer", "0"], "at least 1 byte"),
         (["broadcast", "--max-clients", "0"], "must be at least 1"),
+        (["broadcast", "--soft-buffer", "lots"], "invalid size"),
+        (["broadcast", "--slow-timeout", "soon"], "invalid duration"),
+        (["broadcast", "--slow-timeout", "0"], "positive number of seconds"),
+        (["broadcast", "--slow-timeout", "inf"], "positive number of seconds"),
+        (["echo", "--soft-buffer", "1M"], "unrecognized arguments"),
         (["broadcast", "--backend", "nope"], "invalid choice"),
         (["broadcast", "--log-level", "loud"], "invalid choice"),
         (["echo", "--max-buffer", "1M"], "unrecognized arguments"),
