@@ -34,13 +34,14 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
+from metalio import Ready
 from metalio.apps.server import CHUNK_SIZE, LISTENER, READ_BUDGET, Conn, TcpServer
 from metalio.apps.startup import aligned_buffer, describe_error, run_server
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from metalio import EventLoop, Ready
+    from metalio import EventLoop
     from metalio.net import TcpListener
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "EchoServer", "serve"]
@@ -48,8 +49,9 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "EchoServer", "serve"]
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 7007
 
-_WRITABLE: Final = 2
-_READ_ANY: Final = 1 | 8 | 16  # READABLE | ERROR | READ_CLOSED
+# Ready bits as plain ints: the hot path tests an int, never does enum arithmetic.
+_READ_ANY: Final = int(Ready.READABLE | Ready.ERROR | Ready.READ_CLOSED)
+_WRITE_ANY: Final = int(Ready.WRITABLE | Ready.ERROR)
 
 
 class EchoServer(TcpServer):
@@ -77,9 +79,10 @@ class EchoServer(TcpServer):
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        # Mapped first: a refusal must leave nothing registered.
+        self._view = aligned_buffer(chunk_size)
         super().__init__(loop, listener, max_clients=max_clients, logger=logger)
         self.chunk_size = chunk_size
-        self._view = aligned_buffer(chunk_size)
 
     def ready(self, loop: EventLoop, token: int, ready: Ready) -> None:
         if token == LISTENER:
@@ -90,7 +93,7 @@ class EchoServer(TcpServer):
             return
         r = int(ready)
         if conn.writing:
-            if not r & (_WRITABLE | 8):
+            if not r & _WRITE_ANY:
                 return
             if not self._flush(conn):
                 return  # still behind (or closed): not reading meanwhile
