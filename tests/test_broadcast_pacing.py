@@ -103,8 +103,9 @@ def test_marks_follow_the_soft_limit_and_are_clamped_to_the_hard_one(
     assert (rig.flow.high, rig.flow.low, rig.flow.soft) == (400, 100, 800)
     clamped = Rig(loop, conns, soft_limit=1 << 20, hard_limit=4096).flow
     assert (clamped.soft, clamped.high, clamped.low) == (4096, 2048, 512)
-    with pytest.raises(ValueError):
-        Rig(loop, conns, slow_timeout=0)
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            Rig(loop, conns, slow_timeout=bad)
 
 
 def test_sources_resume_in_order_and_a_restopped_one_goes_last(

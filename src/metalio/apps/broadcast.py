@@ -64,6 +64,7 @@ the same iteration (see :mod:`metalio.apps.server`).
 from __future__ import annotations
 
 import logging
+import math
 import socket
 from collections import deque
 from functools import partial
@@ -139,7 +140,7 @@ class BroadcastServer(TcpServer):
     :param chunk_size: bytes asked for per read (the largest broadcast chunk).
     :param logger: where connects, disconnects and reasons are logged.
     :raises ValueError: *max_buffer*, *soft_buffer* or *chunk_size* < 1,
-        *slow_timeout* not > 0, *max_clients* < 1.
+        *slow_timeout* not finite and > 0, *max_clients* < 1.
     :raises OSError: the listener cannot be registered or the buffer mapped.
     """
 
@@ -159,8 +160,8 @@ class BroadcastServer(TcpServer):
     ) -> None:
         if max_buffer < 1 or soft_buffer < 1:
             raise ValueError(f"buffer limits must be >= 1, got {soft_buffer} and {max_buffer}")
-        if not slow_timeout > 0:
-            raise ValueError(f"slow_timeout must be > 0, got {slow_timeout}")
+        if not 0 < slow_timeout < math.inf:
+            raise ValueError(f"slow_timeout must be a finite number > 0, got {slow_timeout}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         # Mapped first: a refusal must leave nothing registered.

@@ -78,6 +78,7 @@ bytes of data however many receivers there are, plus per receiver at most
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
@@ -118,7 +119,7 @@ class FlowControl:
     :param patience: seconds a receiver may hold the sources; default
         ``min(PACE_PATIENCE, slow_timeout / 2)``.
     :param log: where lagging and catching up are logged (debug level).
-    :raises ValueError: a limit < 1, *slow_timeout* or *patience* not > 0.
+    :raises ValueError: a limit < 1, *slow_timeout* or *patience* not finite and > 0.
     """
 
     def __init__(
@@ -136,12 +137,12 @@ class FlowControl:
     ) -> None:
         if hard_limit < 1 or soft_limit < 1:
             raise ValueError(f"buffer limits must be >= 1, got {soft_limit} and {hard_limit}")
-        if not slow_timeout > 0:
-            raise ValueError(f"slow_timeout must be > 0, got {slow_timeout}")
+        if not 0 < slow_timeout < math.inf:
+            raise ValueError(f"slow_timeout must be a finite number > 0, got {slow_timeout}")
         if patience is None:
             patience = min(PACE_PATIENCE, slow_timeout / 2)
-        if not patience > 0:
-            raise ValueError(f"patience must be > 0, got {patience}")
+        if not 0 < patience < math.inf:
+            raise ValueError(f"patience must be a finite number > 0, got {patience}")
         self.loop = loop
         self.hard = hard_limit
         self.soft = min(soft_limit, hard_limit)
