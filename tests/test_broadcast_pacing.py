@@ -12,7 +12,9 @@ connections; timers run on a real ``EventLoop``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -216,3 +218,50 @@ def test_a_holder_that_stalls_is_let_go_after_the_patience(
         rig.run_for(0.02)
     assert rig.cut and rig.cut[0][0] is stalled
     assert "stalled" in rig.cut[0][1]
+
+
+def test_a_second_source_delivers_through_the_fan_out_and_is_paced() -> None:
+    # The plug a relay uses: deliver() chunks while flow.blocked is clear,
+    # flow.wait() when it is set.  Driven on this thread with run_once, so
+    # the "relay" runs on the loop thread as the contract requires.
+    from metalio.apps.broadcast import BroadcastServer
+
+    chunks = [bytes([i % 251]) * 16384 for i in range(128)]  # 2 MiB in order
+    expected = b"".join(chunks)
+    with EventLoop() as loop, TcpListener.bind(("127.0.0.1", 0)) as listener:
+        server = BroadcastServer(loop, listener, soft_buffer=64 << 10, max_buffer=64 << 20)
+        fast = socket.create_connection(listener.local_addr()[:2])
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1024)
+        slow.connect(listener.local_addr()[:2])
+        try:
+            for sock in (fast, slow):
+                sock.setblocking(False)
+            while len(server.clients) < 2:
+                loop.run_once(server, timeout=0.01)
+            pending = list(chunks)
+
+            def relay() -> None:
+                while pending and not server.flow.blocked:
+                    server.deliver(pending.pop(0))
+                if pending:
+                    server.flow.wait("relay", relay)
+
+            relay()
+            got = {fast: bytearray(), slow: bytearray()}
+            deadline = time.monotonic() + 30
+            while any(len(data) < len(expected) for data in got.values()):
+                assert time.monotonic() < deadline, {s.fileno(): len(d) for s, d in got.items()}
+                loop.run_once(server, timeout=0.005)
+                for sock, data in got.items():
+                    with contextlib.suppress(BlockingIOError):
+                        # The slow one reads a little per turn: it holds the relay back.
+                        data += sock.recv(1 << 20 if sock is fast else 8192)
+            assert got[fast] == expected and got[slow] == expected
+            assert server.flow.pauses > 0 and server.flow.resumes > 0
+            assert len(server.clients) == 2
+        finally:
+            fast.close()
+            slow.close()
+            server.close()

@@ -290,7 +290,9 @@ class FlowControl:
 
         A key already waiting keeps its place.  *resume* is called once, from
         the continuation phase, when the fan-out runs again and every source
-        that stopped before it has had its turn.
+        that stopped before it has had its turn; during the call
+        :attr:`blocked` is clear until the fan-out pauses again, so the
+        source reads until it sees :attr:`blocked` set (and then waits again).
         """
         if key in self._waiting_keys:
             return
@@ -308,16 +310,23 @@ class FlowControl:
             self._call_soon(self._resume_sources)
 
     def _resume_sources(self) -> None:
-        # _resume_scheduled stays set meanwhile: a source stopping during a
-        # turn is queued at the back and served by this same loop.
+        # _resume_scheduled stays set meanwhile, so a source stopping during
+        # its turn is queued at the back, not scheduled a second time.  One
+        # pass serves the sources waiting when it started; more waiting and
+        # the fan-out still running means another pass in the next iteration.
         waiting = self._waiting
         keys = self._waiting_keys
-        while waiting and not self.paused:
+        for _ in range(len(waiting)):
+            if self.paused:
+                break
             key, resume = waiting.popleft()
             if key not in keys:  # forgotten (closed) while it waited
                 continue
             keys.discard(key)
             self.resumes += 1
+            self.blocked = False  # its turn: it reads until the fan-out pauses
             resume()
         self._resume_scheduled = False
         self.blocked = self.paused or bool(waiting)
+        if waiting and not self.paused:
+            self._schedule_resume()
