@@ -54,21 +54,20 @@ while sources are waiting, so a newcomer queues behind them: one fast
 sender cannot take every turn.  With edge triggers a source that stopped
 has consumed its edge; it is resumed by this queue, never by a new edge.
 
-*A second source: the relay.*  A relay delivering remote chunks through the
-same fan-out plugs in as one more source and, for its outgoing side, one
-more receiver.  Inbound, it reads its upstream socket only while
-``blocked`` is clear, hands each chunk to the server's ``deliver(data)``
-(charged and queued like a local chunk), and when ``blocked`` is set it
-stops and calls ``wait(relay, resume)``: it is resumed in its turn like a
-TCP sender, so a node whose local receivers are full stops reading the
-relay.  With Redis pub/sub that makes Redis buffer for the node, and past
-its ``client-output-buffer-limit pubsub`` Redis closes the subscription;
-the relay then reconnects and resubscribes, and what was published in
-between is lost for that node (the relay is at-most-once across nodes).
-Outbound, the chunks a node publishes wait in a queue charged like a
-receiver's (``queued``, ``level``, ``mark``, :meth:`FlowControl.grew` and
-:meth:`FlowControl.drained`), so a slow link to Redis paces the local
-senders and a dead one is cut off by the same soft and hard limits.
+*A second source: the relay.*  The relay of :mod:`metalio.apps.relay`
+plugs in as one more source.  Its ``on_message`` hands each remote chunk
+to the server's ``deliver(data)`` (queued and charged like a local chunk)
+and then, if ``blocked`` is set, calls ``relay.pause_reading()`` and
+``wait(relay, relay.resume_reading)``: the relay stops after that message
+and is resumed in its turn like a TCP sender, so a node whose local
+receivers are full stops reading the relay.  Redis then buffers for the
+node, and past its ``client-output-buffer-limit pubsub`` it closes the
+subscription, which the relay reports as a loss (``docs/relay.md``); with
+the defaults a pause lasts only as long as the receivers that keep up
+need to drain.  Outbound, ``relay.pending`` (bytes of ``PUBLISH`` not yet
+written) may be charged like a receiver's queue (``queued``, ``level``,
+``mark`` with :meth:`FlowControl.grew` and :meth:`FlowControl.drained`) so
+that a slow link to Redis paces the local senders too.
 
 *Memory.*  Receivers' queues hold shared chunks and each is a suffix of one
 broadcast stream, so all queues together hold at most ``hard + chunk``
