@@ -44,6 +44,7 @@ class Rig:
         self.conns = conns
         self.soon: list[Callable[[], None]] = []
         self.cut: list[tuple[Conn, str]] = []
+        self.cut_at: list[float] = []
         self.handler = Timers()
         options: dict[str, float] = {"soft_limit": 800, "hard_limit": 10_000, "slow_timeout": 5}
         options.update(limits)
@@ -54,12 +55,17 @@ class Rig:
             slow_timeout=options["slow_timeout"],
             patience=options.get("patience"),
             call_soon=self.soon.append,
-            disconnect=lambda conn, why: self.cut.append((conn, why)),
+            disconnect=self._cut,
             log=LOG,
         )
         self.handler.flow = self.flow
         for conn in conns:
             self.flow.admit(conn)
+
+    def _cut(self, conn: Conn, why: str) -> None:
+        self.cut.append((conn, why))
+        self.cut_at.append(time.monotonic())
+        self.flow.forget(conn)  # what the server's drop does
 
     def set_queue(self, conn: Conn, queued: int) -> bool:
         """What the broadcast does: charge, then ask the policy on a crossing / drain."""
@@ -194,6 +200,26 @@ def test_a_lagging_receiver_that_catches_up_is_kept(loop: EventLoop, conns: list
     assert conns[0].level == NORMAL and rig.flow.lagging() == 0
     rig.run_for(0.3)
     assert rig.cut == []
+
+
+def test_the_slow_clock_restarts_when_a_receiver_lags_anew(
+    loop: EventLoop, conns: list[Conn]
+) -> None:
+    rig = Rig(loop, conns, slow_timeout=0.5)
+    first, other = conns[0], conns[1]
+    rig.set_queue(first, 900)  # lagging: its first clock starts
+    rig.set_queue(other, 900)  # another lagging receiver, one timer for both
+    rig.run_for(0.2)
+    rig.set_queue(first, 0)  # caught up: the first clock no longer counts
+    rig.run_for(0.2)
+    relagged = time.monotonic()
+    rig.set_queue(first, 900)  # lagging anew: a fresh clock
+    started = time.monotonic()
+    while len(rig.cut) < 2 and time.monotonic() - started < 10:
+        rig.run_for(0.02)
+    assert [conn for conn, _ in rig.cut] == [other, first]
+    assert rig.cut_at[1] - relagged >= 0.5 - 0.01, "cut by the clock of its first lag"
+    assert rig.flow.lagging() == 0
 
 
 def test_a_holder_that_stalls_is_let_go_after_the_patience(

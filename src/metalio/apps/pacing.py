@@ -158,7 +158,13 @@ class FlowControl:
         self.blocked = False
         """``paused``, or sources are waiting for their turn: a source must not read now."""
         self._holders: dict[Conn, float] = {}  # receiver -> when it started holding
-        self._laggers: dict[Conn, tuple[Any, str]] = {}  # receiver -> (timeout, why)
+        # Lagging receivers -> (generation, why); their deadlines in one queue,
+        # oldest first (one slow timeout for all, so start order is deadline
+        # order), served by one timer: no timer per receiver, nothing to cancel.
+        self._laggers: dict[Conn, tuple[int, str]] = {}
+        self._deadlines: deque[tuple[float, int, Conn]] = deque()
+        self._generation = 0
+        self._sweeper: Any = None
         self._waiting: deque[tuple[Hashable, Callable[[], None]]] = deque()
         self._waiting_keys: set[Hashable] = set()
         self._resume_scheduled = False
@@ -197,8 +203,7 @@ class FlowControl:
         if conn.level == HOLDING:
             self._release(conn)
         elif conn.level == LAGGING:
-            timer, _ = self._laggers.pop(conn)
-            self.loop.clear_timeout(timer)
+            del self._laggers[conn]
             self.log.debug(
                 "client %d (%s) caught up: counted for pacing again", conn.token, conn.addr
             )
@@ -210,8 +215,7 @@ class FlowControl:
         if conn.level == HOLDING:
             self._release(conn)
         elif conn.level == LAGGING:
-            timer, _ = self._laggers.pop(conn)
-            self.loop.clear_timeout(timer)
+            del self._laggers[conn]
         conn.level = NORMAL
         self._waiting_keys.discard(conn)
 
@@ -238,8 +242,11 @@ class FlowControl:
     def _lag(self, conn: Conn, why: str) -> None:
         conn.level = LAGGING
         conn.mark = self.hard
-        timer = self.loop.timeout((_SLOW, conn), self.slow_timeout)
-        self._laggers[conn] = (timer, why)
+        self._generation += 1
+        self._laggers[conn] = (self._generation, why)
+        self._deadlines.append((self._clock() + self.slow_timeout, self._generation, conn))
+        if self._sweeper is None:
+            self._sweeper = self.loop.timeout(_SLOW, self.slow_timeout)
         self.log.debug(
             "client %d (%s) lagging, %s: not counted for pacing; %g s to catch up",
             conn.token,
@@ -256,17 +263,31 @@ class FlowControl:
             self._watchdog = None
             self._check_stalled()
             return True
-        if isinstance(payload, tuple) and len(payload) == 2 and payload[0] == _SLOW:
-            conn: Conn = payload[1]
-            entry = self._laggers.get(conn)
-            if entry is not None and not conn.closed:
-                self._disconnect(
-                    conn,
-                    f"slow reader: {entry[1]}, not caught up within {self.slow_timeout:g} s "
-                    "(--slow-timeout)",
-                )
+        if payload == _SLOW:
+            self._sweeper = None
+            self._sweep()
             return True
         return False
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, generation, conn = deadlines[0]
+            entry = self._laggers.get(conn)
+            if entry is None or entry[0] != generation:
+                deadlines.popleft()  # caught up or closed since (or lagging anew)
+                continue
+            if deadline > now:
+                break
+            deadlines.popleft()
+            self._disconnect(
+                conn,
+                f"slow reader: {entry[1]}, not caught up within {self.slow_timeout:g} s "
+                "(--slow-timeout)",
+            )
+        if deadlines:
+            self._sweeper = self.loop.timeout(_SLOW, max(deadlines[0][0] - now, 0.0))
 
     def _check_stalled(self) -> None:
         if not self._holders:
