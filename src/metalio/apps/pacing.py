@@ -118,6 +118,8 @@ class FlowControl:
     :param patience: seconds a receiver may hold the sources; default
         ``min(PACE_PATIENCE, slow_timeout / 2)``.
     :param log: where lagging and catching up are logged (debug level).
+    :param clock: the clock of the holders' and laggers' deadlines; the
+        loop's (``time.monotonic`` by default).
     :raises ValueError: a limit < 1, *slow_timeout* or *patience* not finite and > 0.
     """
 
