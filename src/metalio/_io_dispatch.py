@@ -44,16 +44,18 @@ Ready_ = Callable[[Any, int, Ready], None]
 class IoDispatcher:
     """Dispatches the I/O events of one loop (see the module docstring)."""
 
-    __slots__ = ("_closing", "_index", "_internal", "_merge_always", "_row", "leftover")
+    __slots__ = ("_index", "_internal", "_row", "closing", "leftover", "unique_fds")
 
     def __init__(self, registry: Registry, internal: Callable[[int], None], tracking: bool) -> None:
         self._index = DispatchIndex(registry)
         self._row = registry.row
         self._internal = internal
-        self._merge_always = not registry.facts.unique_fds
+        self.unique_fds = registry.facts.unique_fds
+        """Each fd at most once per batch: the fast path needs no merging."""
         # With readiness tracking on, an event carrying a closing bit turns
         # tracking off for its source (metalio._readiness): 0 never matches.
-        self._closing = registry.facts.closing_mask if tracking else 0
+        self.closing = registry.facts.closing_mask if tracking else 0
+        """Native bits after which :meth:`closing_event` must be called for the fd."""
         self.leftover: list[tuple[int, int]] | None = None
         """Events a handler exception left undelivered; dispatched before the next wait."""
 
@@ -64,13 +66,13 @@ class IoDispatcher:
     def dispatch(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
         """One ``ready`` call per event, or per token when tokens are shared."""
         index = self._index
-        if self._merge_always or index.shared:
+        if not self.unique_fds or index.shared:
             self._dispatch_merged(loop, raw, ready)
             return
         tokens = index.tokens
         tables = index.tables
         internal = self._internal
-        closing = self._closing
+        closing = self.closing
         fd = -1  # no event started yet (an asynchronous exception)
         try:
             for fd, mask in raw:
@@ -79,21 +81,22 @@ class IoDispatcher:
                 except IndexError:  # never registered (a fake backend)
                     continue
                 if mask & closing:
-                    self._switch_off(fd)
+                    self.closing_event(fd)
                 if token >= 0:
                     ready(loop, token, tables[fd][mask])  # type: ignore[index]
                 else:
                     internal(token)
         except BaseException:
-            self._keep_after(raw, fd)
+            self.keep_after(raw, fd)
             raise
 
-    def _switch_off(self, fd: int) -> None:
+    def closing_event(self, fd: int) -> None:
+        """An event for *fd* carried a closing bit: readiness tracking off for its source."""
         reg = self._row(fd)
         if reg is not None:
             switch_off(reg.source)
 
-    def _keep_after(self, raw: list[tuple[int, int]], fd: int) -> None:
+    def keep_after(self, raw: list[tuple[int, int]], fd: int) -> None:
         """A handler raised while handling *fd*: keep the events after it.
 
         Each fd appears once in *raw* (the fast path's condition); ``-1``
@@ -110,7 +113,7 @@ class IoDispatcher:
         """Merge flags per token, then one call per token."""
         row = self._row
         merged: dict[int, int] = {}
-        closing = self._closing
+        closing = self.closing
         for fd, mask in raw:
             reg = row(fd)
             if reg is None:
