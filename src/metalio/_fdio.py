@@ -153,17 +153,21 @@ def fd_try_read(self: FdState, n: int = 65536) -> bytes | None:
     if not 0 < n <= READ_LIMIT:
         n = read_size(n, "try_read")
     epoch = self._epoch
-    now = -1.0
-    if epoch is not None:
-        now = epoch.now
-        if self._rmark == now:
-            return None  # drained, and no wait has returned since
+    if epoch is None:
+        try:
+            return _read(self._fd, n)
+        except BlockingIOError:
+            would_block(self, READ)
+            return None
+    now = epoch.now
+    if self._rmark == now:
+        return None  # drained, and no wait has returned since
     try:
         data = _read(self._fd, n)
     except BlockingIOError:
-        would_block(self, READ, now)
+        self._rmark = now
         return None
-    if epoch is not None and 0 < len(data) < n:
+    if len(data) < n and data:  # short, and not the end of stream
         self._rmark = now
     return data
 
@@ -208,17 +212,21 @@ def fd_try_write(self: FdState, data: Any) -> int | None:
         ``EBADF`` once closed, ...).
     """
     epoch = self._epoch
-    now = -1.0
-    if epoch is not None:
-        now = epoch.now
-        if self._wmark == now:
-            return None  # full, and no wait has returned since
+    if epoch is None:
+        try:
+            return _write(self._fd, data)
+        except BlockingIOError:
+            would_block(self, WRITE)
+            return None
+    now = epoch.now
+    if self._wmark == now:
+        return None  # full, and no wait has returned since
     try:
         n: int = _write(self._fd, data)
     except BlockingIOError:
-        would_block(self, WRITE, now)
+        self._wmark = now
         return None
-    if epoch is not None and n < len(data):
+    if n < len(data):
         self._wmark = now
     return n
 

@@ -55,6 +55,8 @@ class Poll:
     __slots__ = (
         "_backend",
         "_closed",
+        "_closing",
+        "_epoch",
         "_inflight",
         "_registry",
         "_release_lock",
@@ -78,7 +80,11 @@ class Poll:
     def _setup(self, backend: Backend) -> None:
         self._backend = backend
         self._registry = Registry(backend)
-        self._tracking = Tracking(self._registry)
+        self._tracking = tracking = Tracking(self._registry)
+        # What poll() needs of it, at hand: the epoch to advance (None: off)
+        # and the native bits that switch a source's tracking off.
+        self._epoch = tracking.epoch if tracking.enabled else None
+        self._closing = backend.closing_mask if tracking.enabled else 0
         self._closed = False
         # list.append/pop are atomic: a count of threads inside the backend
         # that close() can read without a lock (see close()).
@@ -144,8 +150,12 @@ class Poll:
         if self._closed:
             raise ValueError("I/O operation on a closed Poll")
         if timeout is not None:
-            if type(timeout) is float and 0.0 < timeout <= MAX_TIMEOUT:
-                pass
+            kind = type(timeout)
+            if (kind is float or kind is int) and timeout == timeout:  # not NaN
+                if timeout <= 0:
+                    timeout = 0.0
+                elif timeout > MAX_TIMEOUT:
+                    timeout = None  # longer than the kernel takes: no bound
             else:
                 timeout = _validate.wait(timeout)
         if type(events) is not Events and not isinstance(events, Events):
@@ -168,11 +178,11 @@ class Poll:
                 self._release()  # type: ignore[unreachable]
         if self._closed:
             raise ValueError("the Poll was closed while polling")
-        tracking = self._tracking
-        closing = 0
-        if tracking.enabled:
-            tracking.epoch.advance()
-            closing = self._registry.facts.closing_mask
+        epoch = self._epoch
+        if epoch is not None:
+            # Readiness tracking: a wait returned (Epoch.advance, written out).
+            epoch.now = epoch.take()
+        closing = self._closing
         row = self._registry.row
         append = items.append
         new = _new_event
