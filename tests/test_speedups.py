@@ -495,14 +495,14 @@ class Interrupted(Exception):
 
 @pytest.fixture
 def alarm() -> Iterator[Callable[[Callable[[], None]], None]]:
-    """Install a SIGALRM handler firing every 20 ms from 50 ms on (no SA_RESTART)."""
+    """Install a SIGALRM handler firing every 20 ms from 100 ms on (no SA_RESTART)."""
     if threading.current_thread() is not threading.main_thread():  # pragma: no cover
         pytest.skip("signals are delivered to the main thread")
     old = signal.getsignal(signal.SIGALRM)
 
     def arm(action: Callable[[], None]) -> None:
         signal.signal(signal.SIGALRM, lambda *_: action())
-        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.02)
+        signal.setitimer(signal.ITIMER_REAL, 0.1, 0.02)
 
     try:
         yield arm
@@ -556,8 +556,8 @@ def test_eintr_handler_exception_propagates(impl: Impl, alarm: Any, call: str) -
     watchdog = threading.Timer(5, rescue)
     try:
         blocked = _blocking_call(impl, call, r, w)
-        alarm(handler)
         watchdog.start()
+        alarm(handler)
         with pytest.raises(Interrupted):
             blocked()
         assert rescued == []
