@@ -5,6 +5,9 @@ Four cases, each timed per call on a pipe whose capacity is raised to
 
 * ``read, would block``  -- ``read(fd, 65536)`` on an empty pipe (``None``)
 * ``read 1 KiB``         -- ``read(fd, 1024)`` with data queued
+* ``read 1 KiB of 64``   -- ``read(fd, 65536)`` getting 1 KiB (what a server's
+  ``try_read()`` does: the 64 KiB object is allocated, then shrunk); on a
+  Unix ``SOCK_SEQPACKET`` pair, where each read returns one queued message
 * ``write 1 KiB``        -- ``write(fd, data)`` with room
 * ``writev 4 x 256 B``   -- ``writev(fd, [b0, b1, b2, b3])`` with room
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -52,6 +56,14 @@ def make_pipe() -> tuple[int, int]:
     except OSError:
         pass  # an unprivileged user above pipe-max-size: batches get smaller
     return r, w
+
+
+def make_seqpacket() -> tuple[socket.socket, socket.socket]:
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    writer.setblocking(False)
+    reader.setblocking(False)
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    return reader, writer
 
 
 def drain(r: int) -> None:
@@ -86,6 +98,7 @@ def timed(call: Callable[[int, object], object], fd: int, arg: object, calls: in
 
 def run(calls: int, batches: int, repeats: int) -> dict[str, dict[str, float]]:
     r, w = make_pipe()
+    seq_r, seq_w = make_seqpacket()
     data = b"d" * KIB
     parts = [b"a" * 256, b"b" * 256, b"c" * 256, b"e" * 256]
     ways: dict[str, dict[str, tuple[Callable[..., object], bool]]] = {
@@ -95,6 +108,11 @@ def run(calls: int, batches: int, repeats: int) -> dict[str, dict[str, float]]:
             "plain os": (os.read, True),
         },
         "read 1 KiB": {
+            "C": (c_core.read, False),
+            "os+except": (loader.py_read, False),
+            "plain os": (os.read, False),
+        },
+        "read 1 KiB of 64": {
             "C": (c_core.read, False),
             "os+except": (loader.py_read, False),
             "plain os": (os.read, False),
@@ -120,6 +138,9 @@ def run(calls: int, batches: int, repeats: int) -> dict[str, dict[str, float]]:
                         if case == "read 1 KiB":
                             refill(w, calls, data)
                             total += timed(fn, r, KIB, calls)
+                        elif case == "read 1 KiB of 64":
+                            refill(seq_w.fileno(), calls, data)
+                            total += timed(fn, seq_r.fileno(), 65536, calls)
                         elif case == "read, would block":
                             total += (
                                 plain_would_block(fn, r, calls)  # type: ignore[arg-type]
@@ -137,6 +158,8 @@ def run(calls: int, batches: int, repeats: int) -> dict[str, dict[str, float]]:
     finally:
         os.close(r)
         os.close(w)
+        seq_r.close()
+        seq_w.close()
     return best
 
 
