@@ -2,7 +2,8 @@
 # The C core's lane (docs/speedups.md), after the main lane of .ci/run:
 #  (a) a strict build (-Wall -Wextra -Werror -O2; a warning fails) of
 #      metalio._speedups as a wheel on every supported CPython found here,
-#      each wheel's extension imported by its own interpreter;
+#      each wheel's extension imported by its own interpreter, and the C-core
+#      tests run on each of them;
 #  (b) the whole suite once more, on the pure-Python path (METALIO_PURE_PYTHON=1;
 #      the main lane ran it on the C core, which tests/test_speedups_loader.py
 #      checks under CI=true);
@@ -46,6 +47,21 @@ for interpreter in "${interpreters[@]}"; do
     "$interpreter" -m zipfile -e "$out"/metalio-*.whl "$out/tree"
     (cd "$work" && PYTHONPATH="$out/tree" "$interpreter" -c \
         'import metalio, metalio._speedups as s; assert metalio.speedups == "c", metalio.speedups; print("   built and loaded:", s.__file__.rsplit("/", 1)[-1])')
+done
+
+echo "== speedups: the C-core tests on the other interpreters"
+main_version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+for interpreter in "${interpreters[@]}"; do
+    version=$("$interpreter" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    [[ $version == "$main_version" ]] && continue  # the main lane and (b) run everything there
+    venv=".venv-ci-$version"  # .ci/run's quick-pass virtualenv, when it made one
+    if [[ ! -x $venv/bin/python ]]; then
+        "$interpreter" -m venv "$venv"
+        "$venv/bin/python" -m pip install -q --upgrade pip
+        nice "$venv/bin/python" -m pip install -q -e '.[dev]'
+    fi
+    echo "-- $version"
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_speedups.py tests/test_speedups_loader.py
 done
 
 echo "== speedups: the lane's virtualenv, built strictly"
