@@ -111,3 +111,36 @@ def test_version_names_the_implementation() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"metalio {metalio.__version__} (speedups: {metalio.speedups})"
+
+
+_SUBINTERPRETER = """
+import sys
+code = (
+    "import os, metalio._speedups as s\\n"
+    "r, w = os.pipe()\\n"
+    "os.set_blocking(r, False)\\n"
+    "assert s.read(r, 10) is None\\n"
+    "os.close(r); os.close(w)\\n"
+)
+try:
+    import _interpreters as interpreters  # 3.13
+    interp = interpreters.create()  # isolated: its own GIL
+    assert interpreters.exec(interp, code) is None
+except ImportError:
+    import _xxsubinterpreters as interpreters  # 3.12
+    interp = interpreters.create(isolated=True)
+    interpreters.run_string(interp, code)
+interpreters.destroy(interp)
+print("ok")
+"""
+
+
+@needs_c
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="per-interpreter GIL is 3.12+")
+def test_c_module_loads_in_an_isolated_subinterpreter() -> None:
+    # Without its Py_mod_multiple_interpreters slot the import there is an ImportError.
+    result = subprocess.run(
+        [sys.executable, "-c", _SUBINTERPRETER], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
