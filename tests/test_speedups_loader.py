@@ -15,8 +15,7 @@ import sys
 import pytest
 
 import metalio
-from metalio import _source, _speedups_loader
-from metalio.net import _common
+from metalio import _fdio, _source, _speedups_loader
 
 try:
     from metalio import _speedups as c_core
@@ -77,7 +76,7 @@ def test_ci_builds_the_c_core() -> None:
 
 @needs_c
 def test_constants_agree_with_the_python_side() -> None:
-    assert c_core.IOV_MAX == _speedups_loader.IOV_MAX == _common.IOV_MAX
+    assert c_core.IOV_MAX == _speedups_loader.IOV_MAX == _fdio.IOV_MAX
     assert c_core.READ_LIMIT == _source.READ_LIMIT
 
 
