@@ -70,6 +70,11 @@ python3 -m venv .venv-ci-speedups
 . .venv-ci-speedups/bin/activate
 python -m pip install -q --upgrade pip
 METALIO_STRICT_BUILD=1 nice python -m pip install -q -e '.[dev]'
+# What the main lane's virtualenv has for the other suites (redis-server and
+# the [relay] extra: with CI=true the relay tests fail when either is missing).
+if [[ -f .ci/lane-relay.sh ]]; then
+    METALIO_STRICT_BUILD=1 bash .ci/lane-relay.sh
+fi
 python -c 'import metalio; assert metalio.speedups == "c", metalio.speedups; print("   metalio.speedups ==", repr(metalio.speedups))'
 
 echo "== speedups (b): the whole suite on the pure-Python path (METALIO_PURE_PYTHON=1)"
