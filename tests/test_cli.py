@@ -74,7 +74,7 @@ def server(
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"metalio {metalio.__version__}"
+    assert result.stdout.strip() == f"metalio {metalio.__version__} (speedups: {metalio.speedups})"
 
 
 @pytest.mark.parametrize("command", ["broadcast", "echo", "client"])
@@ -112,7 +112,7 @@ def test_console_script_is_installed() -> None:
         pytest.skip("the metalio console script is not installed next to this interpreter")
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
-    assert result.stdout.strip() == f"metalio {metalio.__version__}"
+    assert result.stdout.strip() == f"metalio {metalio.__version__} (speedups: {metalio.speedups})"
 
 
 def test_bench_without_checkout_or_with_help() -> None:

@@ -13,6 +13,7 @@ from . import net
 from ._errors import NotifyClosed, NotifyError, NotifyFull, SlabFull, TimerError
 from ._events import Event, Events
 from ._flags import Interest, PollOpt, Ready, Token
+from ._speedups_loader import SPEEDUPS as speedups
 from .channel import Sender
 from .loop import EventLoop, EventLoopConfig, Handler
 from .poll import Poll, Registry
@@ -50,6 +51,7 @@ __all__ = [
     "Waker",
     "net",
     "pipe",
+    "speedups",
 ]
 
 __version__ = "0.1.0"

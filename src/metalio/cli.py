@@ -94,9 +94,10 @@ def _seconds(text: str) -> float:
 
 
 def _version() -> str:
-    from metalio import __version__
+    # Which descriptor-call implementation is in use: "c" or "python".
+    from metalio import __version__, speedups
 
-    return __version__
+    return f"{__version__} (speedups: {speedups})"
 
 
 def _backends() -> tuple[str, ...]:
