@@ -16,6 +16,12 @@ once.  Here the rules are three, and each has one home:
    left).
 3. **real failures raise** the ``OSError`` Python builds from the errno.
 
+The system calls themselves are the C core's (``metalio._speedups``) when it
+is built and not switched off (``METALIO_PURE_PYTHON=1``): the same calls,
+but a would-block comes back as ``None`` instead of a raised and caught
+``BlockingIOError``.  Otherwise they are ``os.read`` and friends.  Each call
+below handles both answers, so there is one code path either way.
+
 The four stream calls (``fd_try_read``, ``fd_try_read_into``,
 ``fd_try_write``, ``fd_try_writev``) are the ones a server makes per event,
 so rules 1 and 2 are spelled out inside them rather than behind another
@@ -27,10 +33,16 @@ Each expects the slots of :class:`FdState`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from ._readiness import Epoch
 from ._source import READ_LIMIT, RearmHook
+from ._speedups_loader import SPEEDUPS
+from ._speedups_loader import read as speedups_read
+from ._speedups_loader import readinto as speedups_readinto
+from ._speedups_loader import write as speedups_write
+from ._speedups_loader import writev as speedups_writev
 
 __all__ = [
     "IOV_MAX",
@@ -52,10 +64,18 @@ READ: Final = 1
 WRITE: Final = 2
 """The write direction (the ``Interest.WRITABLE`` bit)."""
 
-_read: Final = os.read
-_write: Final = os.write
-_readv: Final = getattr(os, "readv", None)
-_writev: Final = getattr(os, "writev", None)
+# The system calls (see the module docstring).  _readinto is the C core's
+# (fd, buffer) call, or None, and then os.readv takes the buffer in a tuple.
+_read: Callable[[int, int], bytes | None] = os.read
+_write: Callable[[int, Any], int | None] = os.write
+_readv: Any = getattr(os, "readv", None)
+_writev: Any = getattr(os, "writev", None)
+_readinto: Callable[[int, Any], int | None] | None = None
+if SPEEDUPS == "c":
+    _read = speedups_read
+    _write = speedups_write
+    _writev = speedups_writev
+    _readinto = speedups_readinto
 
 
 def _iov_max() -> int:
@@ -155,19 +175,20 @@ def fd_try_read(self: FdState, n: int = 65536) -> bytes | None:
     epoch = self._epoch
     if epoch is None:
         try:
-            return _read(self._fd, n)
+            data = _read(self._fd, n)
         except BlockingIOError:
+            data = None
+        if data is None:
             would_block(self, READ)
-            return None
+        return data
     now = epoch.now
     if self._rmark == now:
         return None  # drained, and no wait has returned since
     try:
         data = _read(self._fd, n)
     except BlockingIOError:
-        self._rmark = now
-        return None
-    if len(data) < n and data:  # short, and not the end of stream
+        data = None
+    if data is None or (len(data) < n and data):
         self._rmark = now
     return data
 
@@ -187,12 +208,14 @@ def fd_try_read_into(self: FdState, buffer: Any) -> int | None:
         if self._rmark == now:
             return None
     try:
-        got: int = _readv(self._fd, (buffer,))  # type: ignore[misc]
+        got = _readinto(self._fd, buffer) if _readinto else _readv(self._fd, (buffer,))
     except BlockingIOError:
-        would_block(self, READ, now)
-        return None
+        got = None
     except BufferError:
         raise TypeError("try_read_into needs a writable buffer") from None
+    if got is None:
+        would_block(self, READ, now)
+        return None
     if got:
         # len() of a buffer counts items, never more than its bytes: a read
         # shorter than it is certainly short.
@@ -214,19 +237,20 @@ def fd_try_write(self: FdState, data: Any) -> int | None:
     epoch = self._epoch
     if epoch is None:
         try:
-            return _write(self._fd, data)
+            n = _write(self._fd, data)
         except BlockingIOError:
+            n = None
+        if n is None:
             would_block(self, WRITE)
-            return None
+        return n
     now = epoch.now
     if self._wmark == now:
         return None  # full, and no wait has returned since
     try:
-        n: int = _write(self._fd, data)
+        n = _write(self._fd, data)
     except BlockingIOError:
-        self._wmark = now
-        return None
-    if n < len(data):
+        n = None
+    if n is None or n < len(data):
         self._wmark = now
     return n
 
@@ -252,7 +276,9 @@ def fd_try_writev(self: FdState, buffers: Any) -> int | None:
     if len(buffers) > IOV_MAX:
         buffers = buffers[:IOV_MAX]
     try:
-        return _writev(self._fd, buffers)  # type: ignore[misc, no-any-return]
+        written: int | None = _writev(self._fd, buffers)
     except BlockingIOError:
+        written = None
+    if written is None:
         would_block(self, WRITE, now)
-        return None
+    return written
