@@ -62,7 +62,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -75,36 +75,43 @@ _is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
 _FREE_THREADED: Final = _is_gil_enabled is not None and not _is_gil_enabled()
 
 
+class _LockedCount:
+    """``itertools.count`` whose ``next()`` is atomic without the GIL too."""
+
+    __slots__ = ("_count", "_lock")
+
+    def __init__(self) -> None:
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> _LockedCount:
+        return self
+
+    def __next__(self) -> int:
+        with self._lock:
+            return next(self._count)
+
+
 class Epoch:
     """The number a tracking Poll changes whenever a wait returns.
 
     ``now`` is read by the sources.  Whoever waited stores a fresh value,
-    right after the kernel returned: ``epoch.now = epoch.take()`` (what
-    :meth:`advance` does; the event loop writes it out to save a frame).
+    right after the kernel returned: ``epoch.now = next(epoch.counter)``
+    (what :meth:`advance` does; the event loop and ``Poll.poll`` write it out
+    to save a frame).  Two pollers must never take the same value:
+    ``next()`` on an ``itertools.count`` is one atomic C call under the GIL,
+    and free-threaded builds use a locked counter.
     """
 
-    __slots__ = ("now", "take")
+    __slots__ = ("counter", "now")
 
     def __init__(self) -> None:
         self.now: float = 0
-        counter = itertools.count(1)
-        if _FREE_THREADED:
-            # Two pollers must never take the same value: without the GIL a
-            # bare next() is not known to be atomic.
-            lock = threading.Lock()
-            take = counter.__next__
-
-            def take_locked() -> int:
-                with lock:
-                    return take()
-
-            self.take: Callable[[], int] = take_locked
-        else:
-            self.take = counter.__next__  # one C call, atomic under the GIL
+        self.counter: Iterator[int] = _LockedCount() if _FREE_THREADED else itertools.count(1)
 
     def advance(self) -> None:
         """A wait returned: no mark made before now can match any more."""
-        self.now = self.take()
+        self.now = next(self.counter)
 
 
 class _Never(Epoch):

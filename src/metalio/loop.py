@@ -388,7 +388,7 @@ class EventLoop:
         closing = io.closing
         wait = self._wait_native
         epoch = self._epoch
-        take = None if epoch is None else epoch.take
+        counter = None if epoch is None else epoch.counter
         t: float | None
         while True:
             # 1. Wait, no longer than the work pending allows.
@@ -424,9 +424,9 @@ class EventLoop:
                         channel.sleeping = False
                 else:
                     raw = wait(t, capacity)
-                if take is not None:
+                if counter is not None:
                     # Readiness tracking: a wait returned (Epoch.advance, written out).
-                    epoch.now = take()  # type: ignore[union-attr]
+                    epoch.now = next(counter)  # type: ignore[union-attr]
             else:
                 io.leftover = None
             if raw:

@@ -181,7 +181,7 @@ class Poll:
         epoch = self._epoch
         if epoch is not None:
             # Readiness tracking: a wait returned (Epoch.advance, written out).
-            epoch.now = epoch.take()
+            epoch.now = next(epoch.counter)
         closing = self._closing
         row = self._registry.row
         append = items.append
