@@ -380,13 +380,16 @@ def launch_server(name: str, cpus: frozenset[int] | None, python: str = sys.exec
     """Start ``servers/<name>.py PORT`` pinned to *cpus*; does not wait for ``ready``.
 
     ``NAME@base`` runs the same script with ``METALIO_SRC`` pointing at the
-    ``--baseline`` tree, so two versions of metalio are measured in one run.
+    ``--baseline`` tree, so two versions of metalio are measured in one run;
+    ``NAME@pure`` runs it with ``METALIO_PURE_PYTHON=1`` (no C core).
     """
     port = free_port()
     err = tempfile.TemporaryFile()  # noqa: SIM115 -- owned by the Server, closed by stop()
     script, _, variant = name.partition("@")
     env = dict(os.environ)
-    if variant:
+    if variant == "pure":
+        env["METALIO_PURE_PYTHON"] = "1"
+    elif variant:
         env["METALIO_SRC"] = str(Path(BASELINE["dir"]) / "src")
     with pinned(cpus):
         proc = subprocess.Popen(
@@ -1151,7 +1154,7 @@ def make_config(args: argparse.Namespace) -> RunConfig:
     if args.servers and args.servers != "all":
         servers = [s.strip() for s in args.servers.split(",") if s.strip()]
         unknown = [s for s in servers if s.partition("@")[0] not in available]
-        if any("@" in s for s in servers) and not args.baseline:
+        if any(s.endswith("@base") for s in servers) and not args.baseline:
             raise SystemExit("NAME@base servers need --baseline DIR (another metalio tree)")
         if unknown:
             raise SystemExit(
