@@ -84,6 +84,7 @@ class Server:
     def worker(self, counts: list[int], index: int) -> None:
         """One polling thread: poll, own the event, handle it, re-arm."""
         events = Events(self.events_capacity)
+        buffer = bytearray(BUFSIZE)  # this thread's own: threads must not share one
         served = 0
         try:
             while True:
@@ -95,7 +96,7 @@ class Server:
                     if token == LISTENER:
                         self.accept()
                     else:
-                        served += self.serve(token, event.readiness)
+                        served += self.serve(token, event.readiness, buffer)
         finally:
             counts[index] = served
 
@@ -121,13 +122,12 @@ class Server:
                 stream.close()
         self.poll.registry.reregister(self.listener, LISTENER, Interest.READABLE, ARMED)
 
-    def serve(self, token: int, ready: Ready) -> int:
+    def serve(self, token: int, ready: Ready, buffer: bytearray) -> int:
         """Handle one event of a connection this thread now owns; return chunks echoed."""
         with self.lock:
             conn = self.conns.get(token)
         if conn is None:
             return 0
-        buffer = bytearray(BUFSIZE)  # per call: threads must not share a buffer
         view = memoryview(buffer)
         stream = conn.stream
         echoed = 0
