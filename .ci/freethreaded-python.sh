@@ -98,7 +98,7 @@ cd "$src"
 say "configure --disable-gil --prefix=$PREFIX"
 ./configure --disable-gil --prefix="$PREFIX" --with-ensurepip=no >"$WORK/configure.log" 2>&1 ||
     { tail -40 "$WORK/configure.log" >&2; exit 1; }
-say "make -j2 (about 25 minutes on 2 cores; log in $WORK/make.log)"
+say "make -j2 (a few minutes on 2 idle cores, up to ~25 when busy; log in $WORK/make.log)"
 make -j2 >"$WORK/make.log" 2>&1 || { tail -60 "$WORK/make.log" >&2; exit 1; }
 say "make install"
 make install >"$WORK/install.log" 2>&1 || { tail -40 "$WORK/install.log" >&2; exit 1; }
