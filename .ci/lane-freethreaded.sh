@@ -3,9 +3,10 @@
 #
 # The interpreter comes from .ci/freethreaded-python.sh (built once: about 4
 # minutes on 2 idle cores, up to ~25 busy; then reused from its fixed
-# directory).  The lane fails if the GIL is on in the venv's interpreter, before pytest and, through
-# METALIO_EXPECT_NO_GIL, inside it (tests/test_examples_threads.py checks it
-# in the test process and in the servers it starts).
+# directory).  The lane fails if the GIL is on in the venv's interpreter:
+# checked before pytest and, through METALIO_EXPECT_NO_GIL, inside it
+# (tests/test_examples_threads.py checks the test process and the servers
+# it starts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
