@@ -27,12 +27,13 @@ echo "== free-threaded lane: venv $venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -e '.[dev]' "${PINS[@]}"
 
-export PYTHON_GIL=0
-export METALIO_EXPECT_NO_GIL=1
 echo "== free-threaded lane: is the GIL off?"
-# Imports the package and what the suite imports first: an extension module
-# that is not free-threading-safe would turn the GIL back on when imported.
-"$venv/bin/python" - <<'EOF'
+# Imports the package (and its C core, when built) and what the suite imports
+# first.  Without PYTHON_GIL an extension module that does not declare itself
+# free-threading-safe turns the GIL back on when imported, so the first run
+# proves the GIL stays off by itself; the second is the setting the suite
+# runs with.
+gil_check=$(cat <<'EOF'
 import sys
 
 import hypothesis, pytest  # noqa: F401, E401
@@ -43,8 +44,14 @@ if not hasattr(sys, "_is_gil_enabled"):
     sys.exit(f"{sys.executable} is not a free-threaded build: {sys.version}")
 if sys._is_gil_enabled():
     sys.exit(f"the GIL is enabled in {sys.executable} ({sys.version})")
-print(f"GIL off in {sys.executable} ({sys.version.splitlines()[0]})")
+speedups = getattr(metalio, "speedups", "n/a")
+print(f"GIL off in {sys.executable} ({sys.version.splitlines()[0]}); metalio.speedups={speedups}")
 EOF
+)
+env -u PYTHON_GIL "$venv/bin/python" -W error::RuntimeWarning -c "$gil_check"
+PYTHON_GIL=0 "$venv/bin/python" -c "$gil_check"
 
+export PYTHON_GIL=0
+export METALIO_EXPECT_NO_GIL=1
 echo "== free-threaded lane: the whole suite with PYTHON_GIL=0"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider
