@@ -64,6 +64,9 @@ BATCH = 100
 LOOPS = 1_000
 TIMERS = 1_000_000
 MESSAGES = 1_000_000
+# A free-threaded build frees some memory late (QSBR-deferred frees, run by a
+# later gc.collect) and its allocator keeps pages that RSS then counts.
+FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd"), reason="needs /proc for descriptor and memory counts"
@@ -95,14 +98,17 @@ def settled() -> tuple[int, int]:
     return fds(), rss()
 
 
-def check_flat(name: str, before: tuple[int, int], after: tuple[int, int], count: int) -> None:
+def check_flat(
+    name: str, before: tuple[int, int], after: tuple[int, int], count: int, *, rss: bool = True
+) -> None:
     growth = after[1] - before[1]
     print(
         f"\nRESOURCES {name}: {count:,} cycles, fds {before[0]} -> {after[0]}, "
         f"RSS {before[1] / 2**20:.1f} -> {after[1] / 2**20:.1f} MiB ({growth / 2**10:+.0f} KiB)"
     )
     assert after[0] == before[0], f"{name}: descriptors {before[0]} -> {after[0]}"
-    assert growth <= RSS_MARGIN, f"{name}: RSS grew by {growth / 2**20:.1f} MiB"
+    if rss:
+        assert growth <= RSS_MARGIN, f"{name}: RSS grew by {growth / 2**20:.1f} MiB"
 
 
 @contextlib.contextmanager
@@ -115,6 +121,8 @@ def traced(name: str) -> Iterator[None]:
         start = tracemalloc.get_traced_memory()[0]
         yield
         gc.collect()
+        if FREE_THREADED:
+            gc.collect()  # runs the frees the first collection deferred
         growth = tracemalloc.get_traced_memory()[0] - start
     finally:
         tracemalloc.stop()
@@ -285,12 +293,17 @@ def test_event_loop_create_close_1000(backend: str) -> None:
         loop.run_once(Handler(), timeout=0)
         loop.close()
 
+    name = f"EventLoop create/close [{backend}]"
     for _ in range(100):
         cycle()
     before = settled()
-    for _ in range(LOOPS):
-        cycle()
-    check_flat(f"EventLoop create/close [{backend}]", before, settled(), LOOPS)
+    # RSS on a free-threaded build swings by 10-30 MiB over these cycles with
+    # no object left alive (the allocator's pages, see FREE_THREADED): there
+    # the live Python allocations are what is checked.
+    with traced(name) if FREE_THREADED else contextlib.nullcontext():
+        for _ in range(LOOPS):
+            cycle()
+    check_flat(name, before, settled(), LOOPS, rss=not FREE_THREADED)
 
 
 # -- timers ----------------------------------------------------------------------------
