@@ -939,3 +939,24 @@ def test_subclass_overrides_are_honoured() -> None:
         loop.deregister(a)
         assert loop.clear_timeout(loop.timeout("x", 1.0))
     assert calls == ["register", "reregister", "deregister", "clear_timeout"]
+
+
+def test_shutdown_while_run_starts_is_not_lost() -> None:
+    """A shutdown() from another thread in the window where run() has begun but
+    not yet iterated must end that run (it used to be overwritten)."""
+
+    class Racy(EventLoop):
+        def _enter(self) -> None:
+            super()._enter()
+            t = threading.Thread(target=self.shutdown)
+            t.start()
+            t.join()
+
+    with Racy() as loop:
+        watchdog = threading.Timer(10, loop.shutdown)
+        watchdog.start()
+        start = time.monotonic()
+        loop.run(Handler())
+        watchdog.cancel()
+        assert time.monotonic() - start < 5
+        assert not loop.is_running()

@@ -290,8 +290,16 @@ class EventLoop:
         :raises BaseException: whatever a handler method or a Python signal
             handler raised (see "Exceptions" in the module docstring).
         """
-        self._enter()
+        # Running before active: a shutdown() from another thread that sees the
+        # loop inactive (and so sends no wake) has cleared the flag by then,
+        # and the first wait does not block (see _iterate).
+        was_running = self._running
         self._running = True
+        try:
+            self._enter()
+        except BaseException:
+            self._running = was_running  # refused: the loop's state is as it was
+            raise
         try:
             self._iterate(handler, False, None)
         finally:
@@ -343,8 +351,10 @@ class EventLoop:
             raise ValueError("the event loop is closed")
         if self._active:
             raise RuntimeError("the event loop is already running")
-        self._active = True
+        # The thread first: shutdown() from another thread compares with it
+        # once it sees the loop active.
         self._loop_thread = threading.get_ident()
+        self._active = True
 
     def shutdown(self) -> None:
         """Make ``run()`` return after the current iteration.  Any thread.
@@ -394,8 +404,8 @@ class EventLoop:
             # 1. Wait, no longer than the work pending allows.
             raw = io.leftover
             if raw is None:
-                if inbox or sigq or due:
-                    t = 0.0
+                if inbox or sigq or due or not (once or self._running):
+                    t = 0.0  # work pending, or a shutdown() already asked for
                 else:
                     soonest = timer.soonest
                     if soonest == _INF:
