@@ -166,7 +166,8 @@ def clients(ports: list[int]) -> Iterator[list[Client]]:
 
 def stream(sender: int, size: int, start: int = 0) -> bytes:
     """*size* bytes of *sender*'s alphabet, the counter going on from *start*."""
-    return bytes((sender << 4) | ((start + i) & 15) for i in range(size))
+    cycle = bytes((sender << 4) | ((start + i) & 15) for i in range(16))
+    return (cycle * (size // 16 + 1))[:size]
 
 
 def send_in_pieces(client: Client, data: bytes, seed: int) -> None:
@@ -191,7 +192,8 @@ def per_sender(data: bytes) -> dict[int, bytes]:
 def check_received(client: Client, sent: dict[int, bytes], timeout: float = 30) -> None:
     """*client* got every sender's bytes, whole and in order, and nothing else."""
     total = sum(len(v) for v in sent.values())
-    wait_until(lambda: len(client.data) >= total, timeout, f"{total} bytes")
+    wait_until(lambda: len(client.data) >= total or client.eof, timeout, f"{total} bytes")
+    assert not client.eof, f"disconnected after {len(client.data)} of {total} bytes"
     time.sleep(0.1)  # anything extra would show now
     got = per_sender(bytes(client.data))
     assert set(got) == set(sent)
@@ -381,7 +383,10 @@ def test_workers_share_the_port_relay_between_them_and_stop_on_sigterm(
         node.proc.send_signal(signal.SIGTERM)
         assert node.proc.wait(20) == 0
         wait_until(lambda: not any(alive(pid) for pid in pids), 10, "workers gone")
-        assert "stopping 2 workers" in node.log()
+        log = node.log()
+        assert "stopping 2 workers" in log
+        assert len(re.findall(r"worker \d \(pid \d+\) exited with status 0", log)) == 2, log
+        assert "killed" not in log
     finally:
         node.kill()
 
@@ -397,3 +402,39 @@ def test_a_worker_that_dies_stops_the_others(tmp_path: Path, redis: RedisServer)
         wait_until(lambda: not alive(other), 10, "the other worker gone")
     finally:
         node.kill()
+
+
+# -- pacing across nodes -------------------------------------------------------------
+
+
+def test_a_relayed_flood_is_paced_to_the_receivers_of_the_node(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    # B's reader takes its bytes through a small receive buffer: without pausing the
+    # relay, B would queue Redis's flood for it until --max-buffer cut it off.
+    channel = f"{redis.url}/flood"
+    size = 12 << 20
+    with (
+        broadcasts(tmp_path, 1, "--relay", channel) as (a,),
+        broadcasts(tmp_path, 1, "--relay", channel, "--max-buffer", "512K", name="b") as (b,),
+    ):
+        a.wait_log("relay: up on")
+        b.wait_log("relay: up on")
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", b.port))
+        with clients([a.port]) as (sender,):
+            reader = Client.__new__(Client)
+            reader.sock, reader.data, reader.eof = slow, bytearray(), False
+            reader.thread = threading.Thread(target=reader._read, daemon=True)
+            reader.thread.start()
+            try:
+                connected(a, 1)
+                connected(b, 1)
+                data = stream(1, size)
+                send_in_pieces(sender, data, 0)
+                check_received(reader, {1: data}, timeout=45)
+                check_received(sender, {1: data}, timeout=10)
+                assert "disconnected" not in b.log()
+            finally:
+                reader.close()
