@@ -438,3 +438,14 @@ def test_a_relayed_flood_is_paced_to_the_receivers_of_the_node(
                 assert "disconnected" not in b.log()
             finally:
                 reader.close()
+
+
+def test_help_documents_the_relay_options() -> None:
+    result = subprocess.run(
+        [*MODULE, "broadcast", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option in ("--relay URL", "--relay-loss {keep,close}", "--workers N", EXTRA):
+        assert option in text, option
+    assert "SO_REUSEPORT" in text and "at-most-once" in text

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from metalio.apps import TcpServer
 
@@ -366,8 +365,7 @@ def _serve_nodes(ns: argparse.Namespace, logger: logging.Logger) -> int:
 
     :raises OSError: the address cannot be resolved or bound.
     """
-    from metalio.apps import format_addr, resolve_address
-    from metalio.apps.relay_node import check_relay, serve_node
+    from metalio.apps.relay_node import check_relay, serve_node, serve_workers
     from metalio.apps.resp import RelayUnavailable
 
     if ns.workers > 1 and ns.relay is None:
@@ -398,41 +396,11 @@ def _serve_nodes(ns: argparse.Namespace, logger: logging.Logger) -> int:
     if ns.workers == 1:
         serve_node(ns.host, ns.port, on_listening=_announce, **options)
         return 0
-    from metalio.apps.workers import hold_port, supervise
-
     try:
-        held = hold_port(resolve_address(ns.host, ns.port))
-    except ValueError as exc:
+        return serve_workers(ns.workers, ns.host, ns.port, **options)
+    except ValueError as exc:  # no SO_REUSEPORT here
         print(f"metalio broadcast: {exc}", file=sys.stderr)
         return 2
-    with held:
-        host, port = held.getsockname()[:2]
-
-        def worker(index: int, ready: Callable[[], None]) -> int:
-            def listening(server: TcpServer) -> None:
-                logger.info(
-                    "worker %d (pid %d) listening on %s",
-                    index,
-                    os.getpid(),
-                    format_addr(server.address),
-                )
-                ready()
-
-            try:
-                serve_node(host, port, reuse_port=True, on_listening=listening, **options)
-            except OSError as exc:
-                where = format_addr((host, port))
-                print(f"metalio broadcast: worker {index}: cannot serve on {where}: {exc}",
-                      file=sys.stderr)  # fmt: skip
-                return 1
-            return 0
-
-        return supervise(
-            ns.workers,
-            worker,
-            on_listening=lambda: print(f"listening on {format_addr((host, port))}", flush=True),
-            log=logger,
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

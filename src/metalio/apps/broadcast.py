@@ -181,8 +181,7 @@ class BroadcastServer(TcpServer):
         """The pacing policy; a second source of chunks (a relay) uses its
         ``blocked`` and ``wait()`` and delivers through :meth:`deliver`."""
         self.on_read: Callable[[Conn, memoryview], object] | None = None
-        """Called with each chunk read from a client, after its local fan-out
-        (a relay publishes it there, so local delivery never waits for it)."""
+        """Called with each chunk read from a client, after its local fan-out (a relay's publish)."""
         self._fanout: list[Conn] | None = None
         self.chunks = 0
         """Chunks broadcast so far."""

@@ -4,7 +4,8 @@ This module owns how one broadcast server becomes a node of a relayed
 broadcast (``metalio broadcast --relay``): what it publishes, how relayed
 chunks reach its clients, when it stops reading the relay, what it does
 when relayed data was lost (``--relay-loss``), and starting one node on a
-listener that may share its port with other workers (``SO_REUSEPORT``).
+listener that may share its port with other workers (``SO_REUSEPORT``),
+or N of them (:func:`serve_workers`).
 The broadcast rules are :mod:`metalio.apps.broadcast`'s and
 :mod:`metalio.apps.pacing`'s, the Redis side :mod:`metalio.apps.relay`'s;
 running several workers is :mod:`metalio.apps.workers`'s.
@@ -32,13 +33,15 @@ disconnected, the reason in the log, so no client sees a silent hole.
 from __future__ import annotations
 
 import logging
+import os
 import signal as signal_module
+import sys
 from typing import TYPE_CHECKING, Any, Final
 
 from metalio import EventLoop, EventLoopConfig
 from metalio.apps.broadcast import BroadcastServer
 from metalio.apps.relay import Relay
-from metalio.apps.startup import resolve_address
+from metalio.apps.startup import format_addr, resolve_address
 from metalio.net import TcpListener
 
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
     from metalio import Ready
     from metalio.apps.server import Conn
 
-__all__ = ["RELAY_LOSS", "RelayedBroadcastServer", "check_relay", "serve_node"]
+__all__ = ["RELAY_LOSS", "RelayedBroadcastServer", "check_relay", "serve_node", "serve_workers"]
 
 RELAY_LOSS: Final = ("keep", "close")
 """What a node does about its clients when relayed data was lost."""
@@ -214,3 +217,45 @@ def serve_node(
                     loop.remove_signal(signum)
                 except (ValueError, OSError):
                     pass
+
+
+def serve_workers(
+    count: int, host: str, port: int, *, logger: logging.Logger, **options: Any
+) -> int:
+    """Run *count* nodes as worker processes on one port; return the exit status.
+
+    The port is held in this process first (so port 0 is one port for all);
+    ``listening on HOST:PORT`` is printed once every worker listens; each
+    worker logs ``worker I (pid P) listening on HOST:PORT``.  See
+    :mod:`metalio.apps.workers` for signals and dying workers.
+
+    :raises OSError: the address does not resolve or cannot be bound.
+    :raises ValueError: no ``SO_REUSEPORT`` on this platform, *count* < 1.
+    """
+    from metalio.apps.workers import hold_port, supervise
+
+    with hold_port(resolve_address(host, port)) as held:
+        addr = held.getsockname()
+        host, port = str(addr[0]), int(addr[1])
+
+        def worker(index: int, ready: Callable[[], None]) -> int:
+            def listening(server: BroadcastServer) -> None:
+                where = format_addr(server.address)
+                logger.info("worker %d (pid %d) listening on %s", index, os.getpid(), where)
+                ready()
+
+            try:
+                serve_node(
+                    host, port, reuse_port=True, on_listening=listening, logger=logger, **options
+                )
+            except OSError as exc:
+                where = format_addr((host, port))
+                print(f"metalio broadcast: worker {index}: cannot serve on {where}: {exc}",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            return 0
+
+        def announce() -> None:
+            print(f"listening on {format_addr((host, port))}", flush=True)
+
+        return supervise(count, worker, on_listening=announce, log=logger)
