@@ -449,3 +449,43 @@ def test_help_documents_the_relay_options() -> None:
     for option in ("--relay URL", "--relay-loss {keep,close}", "--workers N", EXTRA):
         assert option in text, option
     assert "SO_REUSEPORT" in text and "at-most-once" in text
+
+
+def test_a_stalled_redis_paces_the_local_sender_instead_of_dropping(tmp_path: Path) -> None:
+    # Redis stopped (SIGSTOP) for less than the pacing patience while a local client
+    # floods: node A stops reading it once Redis stops taking PUBLISHes, so nothing
+    # overflows A's relay buffer and B's client gets every byte.
+    require_redis()
+    server = RedisServer()
+    server.start()
+    size = 24 << 20
+    try:
+        args = ("--relay", server.url)
+        with (
+            broadcasts(tmp_path, 1, *args) as (a,),
+            broadcasts(tmp_path, 1, *args, name="b") as (b,),
+        ):
+            a.wait_log("relay: up on")
+            b.wait_log("relay: up on")
+            with clients([a.port, b.port]) as (sender, remote):
+                connected(a, 1)
+                connected(b, 1)
+                data = stream(2, size)
+                flood = threading.Thread(target=send_in_pieces, args=(sender, data, 3))
+                flood.start()
+                try:
+                    wait_until(lambda: len(remote.data) > 2 << 20, 30, "the flood under way")
+                    server.signal(signal.SIGSTOP)
+                    time.sleep(0.4)
+                    server.signal(signal.SIGCONT)
+                finally:
+                    flood.join(45)
+                check_received(remote, {2: data}, timeout=45)
+                check_received(sender, {2: data}, timeout=10)
+        stats = re.search(r"relay: closed \(RelayStats\(published=(\d+), dropped=(\d+)", a.log())
+        assert stats is not None and int(stats.group(1)) > 0
+        assert stats.group(2) == "0", a.log()[-3000:]
+        assert "relay loss" not in a.log() + b.log()
+    finally:
+        server.signal(signal.SIGCONT) if server.proc else None
+        server.stop()

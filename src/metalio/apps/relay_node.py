@@ -23,6 +23,16 @@ included).  After each one the node asks ``flow.blocked``; when it is set
 the relay stops reading (``pause_reading``) and waits for its turn like a
 paced sender (``flow.wait``), which resumes it with ``resume_reading``.
 
+*Out, paced.*  The relay's unsent ``PUBLISH`` bytes (``relay.pending``)
+are charged to the flow control like one more receiver's queue (a
+:class:`~metalio.apps.server.Conn` record with no socket, the *gauge*):
+over the high-water mark the local senders stop being read until Redis has
+taken the backlog, so a fast local sender is paced to the link to Redis
+instead of overflowing the relay's buffer.  Like a receiver, a link that
+holds the senders for the pacing patience without draining (Redis stuck,
+or gone unnoticed) stops counting: from then on chunks that do not fit
+are dropped for the relay, and it counts again once it has drained.
+
 *Loss.*  The relay calls ``on_loss`` when this node may have missed
 relayed chunks (the relay was lost, or another node's sequence jumped).
 With ``keep`` (the default) clients stay connected and the log says so;
@@ -41,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Final
 from metalio import EventLoop, EventLoopConfig
 from metalio.apps.broadcast import BroadcastServer
 from metalio.apps.relay import Relay
+from metalio.apps.server import Conn
 from metalio.apps.startup import format_addr, resolve_address
 from metalio.net import TcpListener
 
@@ -48,12 +59,21 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from metalio import Ready
-    from metalio.apps.server import Conn
 
 __all__ = ["RELAY_LOSS", "RelayedBroadcastServer", "check_relay", "serve_node", "serve_workers"]
 
 RELAY_LOSS: Final = ("keep", "close")
 """What a node does about its clients when relayed data was lost."""
+
+
+def _gauge() -> Conn:
+    """A receiver record for the relay's outgoing buffer: only the pacing fields are used."""
+    gauge = Conn.__new__(Conn)  # no stream: it is never read, written or dropped
+    gauge.addr, gauge.token, gauge.queued = "the relay's link to Redis", 0, 0
+    gauge.closed = gauge.eof = gauge.writing = False
+    gauge.queue = None
+    gauge.level, gauge.mark = 0, sys.maxsize
+    return gauge
 
 
 def check_relay(url: str) -> None:
@@ -110,12 +130,34 @@ class RelayedBroadcastServer(BroadcastServer):
             super().close()
             raise
         self._waiting = False
+        self._gauge = _gauge()
+        self.flow.admit(self._gauge)
         self.on_read = self._publish
 
     # -- out and in ------------------------------------------------------------
 
     def _publish(self, conn: Conn, chunk: memoryview) -> None:
         self.relay.publish(conn.token, chunk)
+        self._charge()
+
+    def _charge(self) -> None:
+        """Charge the relay's unsent bytes to the flow control (see *Out, paced*)."""
+        gauge = self._gauge
+        pending = gauge.queued = self.relay.pending
+        if pending > gauge.mark:
+            self.flow.grew(gauge)  # over the hard limit too: the relay drops, not us
+        elif gauge.level and pending <= self.flow.low:
+            self.flow.drained(gauge)
+
+    def _disconnect_slow(self, conn: Conn, why: str) -> None:
+        if conn is not self._gauge:
+            super()._disconnect_slow(conn, why)
+            return
+        # The link to Redis did not catch up: it is not a client to disconnect.
+        # The relay drops what does not fit; count the link again from scratch.
+        self.log.warning("relay: the link to Redis is behind (%s); chunks may be dropped", why)
+        self.flow.forget(conn)
+        self.flow.admit(conn)
 
     def _relayed(self, node_id: str, client_id: int, data: memoryview) -> None:
         self.deliver(data)
@@ -155,6 +197,7 @@ class RelayedBroadcastServer(BroadcastServer):
         relay = self.relay
         if relay.owns_token(token):
             relay.ready(token, ready)
+            self._charge()
         else:
             super().ready(loop, token, ready)
 
@@ -162,6 +205,7 @@ class RelayedBroadcastServer(BroadcastServer):
         relay = self.relay
         if relay.owns_payload(payload):
             relay.timeout(payload)
+            self._charge()
         else:
             super().timeout(loop, payload)
 
