@@ -30,7 +30,19 @@ from pathlib import Path
 
 import pytest
 
-from redis_helpers import RedisServer, free_port, redis_server, require_redis, wait_until
+from redis_helpers import (
+    RedisServer,
+    free_port,
+    redis_server,
+    require_hiredis,
+    require_redis,
+    wait_until,
+)
+
+# /proc for process states and CPU times; SO_REUSEPORT balancing as on Linux.
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="Linux only (/proc, SO_REUSEPORT)"
+)
 
 MODULE = [sys.executable, "-m", "metalio"]
 EXTRA = "pip install 'metalio[relay]'"
@@ -229,6 +241,7 @@ def test_workers_without_relay_is_refused() -> None:
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://127.0.0.1:99999", "redis://"])
 def test_a_bad_relay_url_is_refused(url: str) -> None:
+    require_hiredis()  # without it, the missing extra is what is reported
     result = run("--relay", url)
     assert result.returncode == 2, result
     assert "bad --relay URL" in result.stderr and "redis://" in result.stderr
@@ -254,7 +267,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_unreachable_redis_at_start_serves_local_clients_and_retries(tmp_path: Path) -> None:
-    require_redis()
+    require_hiredis()
     url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
     with broadcasts(tmp_path, 1, "--relay", url) as (node,):
         node.wait_log(r"relay: redis://127\.0\.0\.1:\d+/metalio:broadcast: .*retrying in")
