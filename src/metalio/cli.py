@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "written to every connected client, the sender included, in order. Senders are "
         "paced to the clients that keep up (not read while those are behind); a client "
         "over --soft-buffer is disconnected if it has not caught up after --slow-timeout, "
-        "one over --max-buffer at once. Prints "
+        "one over --max-buffer at once. With --relay, servers on one Redis pub/sub "
+        "channel (on any machines, or --workers N processes on one port) form one "
+        "broadcast. Prints "
         "'listening on HOST:PORT' when ready; Ctrl-C or SIGTERM stops it (status 0).",
     )
     _server_options(broadcast, 7000, broadcast=True)
