@@ -4,6 +4,8 @@ Commands::
 
     metalio broadcast [--host H] [--port P] [--max-clients N] [--max-buffer BYTES]
                       [--soft-buffer BYTES] [--slow-timeout SECONDS]
+                      [--relay redis://[:PASSWORD@]HOST:PORT[/CHANNEL]]
+                      [--relay-loss keep|close] [--workers N]
                       [--backend NAME] [--log-level LEVEL]
     metalio echo      [--host H] [--port P] [--max-clients N] [--backend NAME]
                       [--log-level LEVEL]
@@ -19,8 +21,14 @@ so scripts can wait for it.  Connects, disconnects and their reasons are
 logged to standard error.  ``SIGINT`` (Ctrl-C) and ``SIGTERM`` close every
 connection and exit with status 0.
 
+With ``--workers N`` the parent prints the ``listening`` line once every
+worker listens, forwards ``SIGINT``/``SIGTERM`` to them and exits 0 when
+they are gone; a worker that dies on its own stops the others (status 1).
+
 Exit statuses: 0 success, 1 a runtime failure (e.g. the address is in
-use), 2 bad arguments or ``metalio bench`` without a source checkout.
+use, a worker died), 2 bad arguments (a bad ``--relay`` URL, ``--relay``
+without the ``metalio[relay]`` extra, ``--workers`` > 1 without
+``--relay``) or ``metalio bench`` without a source checkout.
 """
 
 from __future__ import annotations
@@ -154,6 +162,35 @@ def _server_options(parser: argparse.ArgumentParser, default_port: int, *, broad
             help="how long a client over --soft-buffer (or one that stopped reading) "
             "has to catch up before it is disconnected (default: %(default)g)",
         )
+        parser.add_argument(
+            "--relay",
+            default=None,
+            metavar="URL",
+            help="join the nodes on a Redis pub/sub channel, "
+            "redis://[[USER]:PASSWORD@]HOST[:PORT][/CHANNEL] (default port 6379, channel "
+            "metalio:broadcast): every chunk read here is published after its local "
+            "fan-out, and every other node's chunk is delivered to the clients here, "
+            "paced like a local one; at-most-once across nodes, per-sender order while "
+            "the relay is up; an unreachable Redis is retried with back-off while local "
+            "clients are served (needs pip install 'metalio[relay]')",
+        )
+        parser.add_argument(
+            "--relay-loss",
+            choices=("keep", "close"),
+            default="keep",
+            help="when relayed data was lost (Redis gone, or chunks of another node "
+            "missed): keep the local clients connected, or close them so no client sees "
+            "a silent hole (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--workers",
+            type=_positive,
+            default=1,
+            metavar="N",
+            help="run N processes sharing the port (SO_REUSEPORT), each a node on the "
+            "same --relay (required when N > 1); SIGINT/SIGTERM stops them all "
+            "(default: 1)",
+        )
     parser.add_argument(
         "--backend",
         choices=_backends(),
@@ -186,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "written to every connected client, the sender included, in order. Senders are "
         "paced to the clients that keep up (not read while those are behind); a client "
         "over --soft-buffer is disconnected if it has not caught up after --slow-timeout, "
-        "one over --max-buffer at once. Prints "
+        "one over --max-buffer at once. With --relay, servers on one Redis pub/sub "
+        "channel (on any machines, or --workers N processes on one port) form one "
+        "broadcast. Prints "
         "'listening on HOST:PORT' when ready; Ctrl-C or SIGTERM stops it (status 0).",
     )
     _server_options(broadcast, 7000, broadcast=True)
@@ -266,11 +305,13 @@ def _run_bench(args: list[str]) -> int:
     return 128 - status if status < 0 else status
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, workers: int = 1) -> None:
+    # With workers, each line names its process (the parent's or a worker's pid).
+    where = "[%(process)d]" if workers > 1 else ""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{where}: %(message)s",
     )
 
 
@@ -281,13 +322,15 @@ def _announce(server: TcpServer) -> None:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    _setup_logging(ns.log_level)
+    _setup_logging(ns.log_level, getattr(ns, "workers", 1))
     from metalio.apps import format_addr, raise_nofile_limit
 
     logger = logging.getLogger(f"metalio.{ns.command}")
     raise_nofile_limit(logger)
     try:
         if ns.command == "broadcast":
+            if ns.relay is not None or ns.workers > 1:
+                return _serve_nodes(ns, logger)
             from metalio.apps import broadcast
 
             broadcast.serve(
@@ -317,6 +360,49 @@ def _serve(ns: argparse.Namespace) -> int:
         print(f"metalio {ns.command}: cannot serve on {where}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_nodes(ns: argparse.Namespace, logger: logging.Logger) -> int:
+    """``broadcast`` with ``--relay`` and/or ``--workers``: check, then one node or N.
+
+    :raises OSError: the address cannot be resolved or bound.
+    """
+    from metalio.apps.relay_node import check_relay, serve_node, serve_workers
+    from metalio.apps.resp import RelayUnavailable
+
+    if ns.workers > 1 and ns.relay is None:
+        print(
+            f"metalio broadcast: --workers {ns.workers} needs --relay redis://HOST:PORT: "
+            "workers are separate processes and only a relay joins their clients",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        check_relay(ns.relay)
+    except RelayUnavailable as exc:
+        print(f"metalio broadcast: --relay: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"metalio broadcast: bad --relay URL: {exc}", file=sys.stderr)
+        return 2
+    options = {
+        "relay": ns.relay,
+        "relay_loss": ns.relay_loss,
+        "max_clients": ns.max_clients,
+        "max_buffer": ns.max_buffer,
+        "soft_buffer": ns.soft_buffer,
+        "slow_timeout": ns.slow_timeout,
+        "backend": ns.backend,
+        "logger": logger,
+    }
+    if ns.workers == 1:
+        serve_node(ns.host, ns.port, on_listening=_announce, **options)
+        return 0
+    try:
+        return serve_workers(ns.workers, ns.host, ns.port, **options)
+    except ValueError as exc:  # no SO_REUSEPORT here
+        print(f"metalio broadcast: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

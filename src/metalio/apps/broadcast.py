@@ -180,6 +180,8 @@ class BroadcastServer(TcpServer):
         )
         """The pacing policy; a second source of chunks (a relay) uses its
         ``blocked`` and ``wait()`` and delivers through :meth:`deliver`."""
+        self.on_read: Callable[[Conn, memoryview], object] | None = None
+        """Called with each chunk read from a client, after its local fan-out (a relay's publish)."""
         self._fanout: list[Conn] | None = None
         self.chunks = 0
         """Chunks broadcast so far."""
@@ -257,6 +259,7 @@ class BroadcastServer(TcpServer):
         view = self._view
         size = self.chunk_size
         flow = self.flow
+        on_read = self.on_read
         for _ in range(READ_BUDGET):
             try:
                 n = stream.try_read_into(view)
@@ -268,7 +271,10 @@ class BroadcastServer(TcpServer):
             if n == 0:
                 self._half_closed(conn)
                 return
-            self._broadcast(view if n == size else view[:n], n)
+            chunk = view if n == size else view[:n]
+            self._broadcast(chunk, n)
+            if on_read is not None:
+                on_read(conn, chunk)
             if conn.closed:
                 return
             if flow.paused:
