@@ -38,7 +38,7 @@ from typing import Any, Final, Protocol
 
 from ._readiness import Epoch
 from ._source import READ_LIMIT, RearmHook
-from ._speedups_loader import SPEEDUPS
+from ._speedups_loader import IOV_MAX, SPEEDUPS
 from ._speedups_loader import read as speedups_read
 from ._speedups_loader import readinto as speedups_readinto
 from ._speedups_loader import write as speedups_write
@@ -76,17 +76,6 @@ if SPEEDUPS == "c":
     _write = speedups_write
     _writev = speedups_writev
     _readinto = speedups_readinto
-
-
-def _iov_max() -> int:
-    try:
-        return os.sysconf("SC_IOV_MAX") or 1024
-    except (AttributeError, ValueError, OSError):  # pragma: no cover - Windows
-        return 1024
-
-
-IOV_MAX: Final = _iov_max()
-"""The most buffers one ``writev``/``sendmsg`` takes; ``try_writev`` sends at most these."""
 
 
 class FdState(Protocol):

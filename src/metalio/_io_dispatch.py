@@ -11,8 +11,10 @@ The rules
 ---------
 * ``ready(loop, token, ready)`` at most once per token per batch.  While no
   token is shared and the backend names each fd once per batch
-  (``Facts.unique_fds``), every event is its own call, looked up in two
-  lists; otherwise flags are merged per token first.
+  (``unique_fds``), every event is its own call, looked up in the index's
+  two lists: that fast path is written out in the loop's iteration, since a
+  call per batch is a large part of the loop's own cost.  Otherwise
+  :meth:`IoDispatcher.dispatch_merged` merges flags per token first.
 * Reserved (negative) tokens go to the loop's ``internal(token)`` callback,
   never to the handler; ``UNREGISTERED`` (deregistered since the wait) is
   one of them, and the loop ignores it.
@@ -63,33 +65,6 @@ class IoDispatcher:
     def index(self) -> DispatchIndex:
         return self._index
 
-    def dispatch(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
-        """One ``ready`` call per event, or per token when tokens are shared."""
-        index = self._index
-        if not self.unique_fds or index.shared:
-            self._dispatch_merged(loop, raw, ready)
-            return
-        tokens = index.tokens
-        tables = index.tables
-        internal = self._internal
-        closing = self.closing
-        fd = -1  # no event started yet (an asynchronous exception)
-        try:
-            for fd, mask in raw:
-                try:
-                    token = tokens[fd]
-                except IndexError:  # never registered (a fake backend)
-                    continue
-                if mask & closing:
-                    self.closing_event(fd)
-                if token >= 0:
-                    ready(loop, token, tables[fd][mask])  # type: ignore[index]
-                else:
-                    internal(token)
-        except BaseException:
-            self.keep_after(raw, fd)
-            raise
-
     def closing_event(self, fd: int) -> None:
         """An event for *fd* carried a closing bit: readiness tracking off for its source."""
         reg = self._row(fd)
@@ -109,8 +84,14 @@ class IoDispatcher:
         if raw:
             self.leftover = raw
 
-    def _dispatch_merged(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
-        """Merge flags per token, then one call per token."""
+    def dispatch_merged(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
+        """The merging path: flags merged per token, then one call per token.
+
+        For batches where a token may repeat (some token is shared, or the
+        backend may name an fd twice).  The fast path, one call per event
+        straight from the index's lists, is written out in the loop's
+        iteration (``metalio.loop``), which owns nothing of it but the loop.
+        """
         row = self._row
         merged: dict[int, int] = {}
         closing = self.closing

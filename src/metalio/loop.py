@@ -462,7 +462,7 @@ class EventLoop:
                         io.keep_after(raw, fd)
                         raise
                 else:
-                    io.dispatch(self, raw, ready)
+                    io.dispatch_merged(self, raw, ready)
             if sigq:
                 self._deliver_signals(handler)  # 3. signals
             if inbox:

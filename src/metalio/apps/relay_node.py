@@ -44,21 +44,19 @@ from __future__ import annotations
 
 import logging
 import os
-import signal as signal_module
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
-from metalio import EventLoop, EventLoopConfig
 from metalio.apps.broadcast import BroadcastServer
 from metalio.apps.relay import Relay
 from metalio.apps.server import Conn
-from metalio.apps.startup import format_addr, resolve_address
-from metalio.net import TcpListener
+from metalio.apps.startup import format_addr, resolve_address, run_server
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from metalio import Ready
+    from metalio import EventLoop, Ready
+    from metalio.net import TcpListener
 
 __all__ = ["RELAY_LOSS", "RelayedBroadcastServer", "check_relay", "serve_node", "serve_workers"]
 
@@ -237,30 +235,20 @@ def serve_node(
     :raises ValueError: an unknown backend, a bad option or relay URL.
     :raises RelayUnavailable: *relay* is given and hiredis is missing.
     """
-    addr = resolve_address(host, port)
-    with (
-        EventLoop(EventLoopConfig(backend=backend)) as loop,
-        TcpListener.bind(addr, backlog=backlog, reuse_port=reuse_port) as listener,
-    ):
-        server: BroadcastServer
-        if relay is None:
-            server = BroadcastServer(loop, listener, **options)
-        else:
-            server = RelayedBroadcastServer(loop, listener, relay=relay, **options)
-        signals = (signal_module.SIGINT, signal_module.SIGTERM) if handle_signals else ()
-        try:
-            for signum in signals:
-                loop.add_signal(signum)
-            if on_listening is not None:
-                on_listening(server)
-            loop.run(server)
-        finally:
-            server.close()
-            for signum in signals:
-                try:
-                    loop.remove_signal(signum)
-                except (ValueError, OSError):
-                    pass
+    server_type: Callable[..., BroadcastServer] = BroadcastServer
+    if relay is not None:
+        server_type = partial(RelayedBroadcastServer, relay=relay)
+    run_server(
+        server_type,
+        host,
+        port,
+        backend=backend,
+        backlog=backlog,
+        reuse_port=reuse_port,
+        on_listening=on_listening,  # type: ignore[arg-type]
+        handle_signals=handle_signals,
+        **options,
+    )
 
 
 def serve_workers(

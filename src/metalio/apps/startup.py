@@ -137,11 +137,14 @@ def run_server(
     *,
     backend: str | None = None,
     backlog: int = 1024,
+    reuse_port: bool = False,
     on_listening: Callable[[TcpServer], None] | None = None,
     handle_signals: bool = True,
     **options: Any,
 ) -> None:
     """Bind, run *server_type* until a signal or ``stop()``, then close everything.
+
+    *reuse_port* binds with ``SO_REUSEPORT`` (several processes on one port).
 
     :param on_listening: called with the server once it accepts connections
         (and, with *handle_signals*, once ``SIGINT``/``SIGTERM`` are caught).
@@ -153,7 +156,7 @@ def run_server(
     addr = resolve_address(host, port)
     with (
         EventLoop(EventLoopConfig(backend=backend)) as loop,
-        TcpListener.bind(addr, backlog=backlog) as listener,
+        TcpListener.bind(addr, backlog=backlog, reuse_port=reuse_port) as listener,
     ):
         server = server_type(loop, listener, **options)
         signals = (signal_module.SIGINT, signal_module.SIGTERM) if handle_signals else ()
