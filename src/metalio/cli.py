@@ -8,7 +8,7 @@ Commands::
                       [--relay-loss keep|close] [--workers N]
                       [--backend NAME] [--log-level LEVEL]
     metalio echo      [--host H] [--port P] [--max-clients N] [--backend NAME]
-                      [--log-level LEVEL]
+                      [--threads N] [--log-level LEVEL]
     metalio client    HOST PORT
     metalio bench     [ARGS...]          (the echo benchmark of a source checkout)
     metalio --version
@@ -237,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints 'listening on HOST:PORT' when ready; Ctrl-C or SIGTERM stops it (status 0).",
     )
     _server_options(echo, 7007, broadcast=False)
+    echo.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="N threads, each with its own event loop and listener on the port "
+        "(SO_REUSEPORT); they run in parallel on free-threaded Python (default: 1)",
+    )
 
     client = sub.add_parser(
         "client",
@@ -305,9 +313,10 @@ def _run_bench(args: list[str]) -> int:
     return 128 - status if status < 0 else status
 
 
-def _setup_logging(level: str, workers: int = 1) -> None:
-    # With workers, each line names its process (the parent's or a worker's pid).
-    where = "[%(process)d]" if workers > 1 else ""
+def _setup_logging(level: str, workers: int = 1, threads: int = 1) -> None:
+    # With workers, each line names its process (the parent's or a worker's
+    # pid); with threads, its thread.
+    where = "[%(process)d]" if workers > 1 else "[%(threadName)s]" if threads > 1 else ""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         stream=sys.stderr,
@@ -322,7 +331,7 @@ def _announce(server: TcpServer) -> None:
 
 
 def _serve(ns: argparse.Namespace) -> int:
-    _setup_logging(ns.log_level, getattr(ns, "workers", 1))
+    _setup_logging(ns.log_level, getattr(ns, "workers", 1), getattr(ns, "threads", 1))
     from metalio.apps import format_addr, raise_nofile_limit
 
     logger = logging.getLogger(f"metalio.{ns.command}")
@@ -340,6 +349,20 @@ def _serve(ns: argparse.Namespace) -> int:
                 max_buffer=ns.max_buffer,
                 soft_buffer=ns.soft_buffer,
                 slow_timeout=ns.slow_timeout,
+                backend=ns.backend,
+                on_listening=_announce,
+                logger=logger,
+            )
+        elif ns.threads > 1:
+            from metalio.apps.echo import EchoServer
+            from metalio.apps.threads import serve_threads
+
+            serve_threads(
+                EchoServer,
+                ns.threads,
+                ns.host,
+                ns.port,
+                max_clients=ns.max_clients,
                 backend=ns.backend,
                 on_listening=_announce,
                 logger=logger,
