@@ -5,9 +5,10 @@ channel (``metalio.channel``), an I/O dispatcher (``metalio._io_dispatch``,
 with the dispatch index that mirrors the registry) and, once a signal is
 added, a signal set (``metalio._signals``).  ``run(handler)`` repeats one
 iteration until ``shutdown()``; ``run_once(handler, timeout)`` does one.
-Each phase is a call into the collaborator that owns its state:
+Each phase is a call into the collaborator that owns its state (the
+iteration itself is ``metalio._iteration``, the other half of the class):
 
-1. **wait** (``_wait``): for readiness, bounded by ``Timer.soonest`` and
+1. **wait**: for readiness, bounded by ``Timer.soonest`` and
    *timeout*, not at all when messages, signals or due timeouts are
    pending; the channel's sleep handshake around a wait that may block;
    readiness tracking's epoch advanced when it returns;
@@ -35,16 +36,16 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _validate
 from ._backends import MAX_TIMEOUT
-from ._flags import NOTIFY_TOKEN, SIGNAL_TOKEN, PollOpt
+from ._flags import PollOpt
 from ._io_dispatch import IoDispatcher
+from ._iteration import LoopState
 from ._signals import SignalSet, check_main_thread
 from .channel import Sender, _Notify
-from .handler import Handler, bind, override
+from .handler import Handler
 from .loop_config import EventLoopConfig
 from .poll import Poll, Registry
 from .timer import Timeout, Timer
@@ -62,7 +63,7 @@ def _closed_timeout(delay: object, payload: object) -> Timeout:
     raise ValueError("the event loop is closed")
 
 
-class EventLoop:
+class EventLoop(LoopState):
     """A Handler-driven event loop: I/O readiness, messages, timeouts, signals.
 
     ``EventLoop(config=None)`` uses ``EventLoopConfig()`` when *config* is
@@ -77,26 +78,7 @@ class EventLoop:
     :raises OSError: the kernel refused a descriptor.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_active",
-        "_channel",
-        "_clock",
-        "_closed",
-        "_config",
-        "_due",
-        "_epoch",
-        "_io",
-        "_loop_thread",
-        "_poll",
-        "_registry",
-        "_running",
-        "_set_timeout",
-        "_signals",
-        "_sigq",
-        "_timer",
-        "_wait_native",
-    )
+    __slots__ = ()  # the state is LoopState's (metalio._iteration)
 
     def __init__(self, config: EventLoopConfig | None = None, *, poll: Poll | None = None) -> None:
         if config is None:
@@ -370,151 +352,6 @@ class EventLoop:
         return self._running
 
     # -- one iteration ------------------------------------------------------------
-
-    def _iterate(self, handler: Handler, once: bool, limit: float | None) -> None:
-        """The loop itself: the phases of the module docstring, in order.
-
-        The wait is written out here rather than behind a call of its own:
-        it is the one phase that runs on every iteration, and a frame there
-        is a large part of the loop's own cost per iteration
-        (``bench/instructions.py`` counts it).
-        """
-        ready, notify, on_timeout, tick = bind(handler)
-        channel = self._channel
-        inbox = channel.queue
-        locked = channel.locked
-        timer = self._timer
-        clock = self._clock
-        sigq = self._sigq
-        due = self._due
-        mpt = self._config.messages_per_tick
-        capacity = self._config.events_capacity
-        io = self._io
-        index = io.index
-        tokens = index.tokens
-        tables = index.tables
-        shared = index.shared
-        fast = io.unique_fds
-        closing = io.closing
-        wait = self._wait_native
-        epoch = self._epoch
-        counter = None if epoch is None else epoch.counter
-        t: float | None
-        while True:
-            # 1. Wait, no longer than the work pending allows.
-            raw = io.leftover
-            if raw is None:
-                if inbox or sigq or due or not (once or self._running):
-                    t = 0.0  # work pending, or a shutdown() already asked for
-                else:
-                    soonest = timer.soonest
-                    if soonest == _INF:
-                        t = limit
-                    else:
-                        t = soonest - clock()
-                        if t <= 0.0:
-                            t = 0.0
-                        elif limit is not None and limit < t:
-                            t = limit
-                        elif t > MAX_TIMEOUT:
-                            t = MAX_TIMEOUT
-                if t != 0.0 and channel.has_senders:
-                    # The channel's sleep handshake (metalio.channel): announce,
-                    # then re-check the queue (under the GIL written out).
-                    if locked:
-                        if not channel.before_sleep():
-                            t = 0.0
-                    else:
-                        channel.sleeping = True
-                        if inbox:
-                            t = 0.0
-                    try:
-                        raw = wait(t, capacity)
-                    finally:
-                        channel.sleeping = False
-                else:
-                    raw = wait(t, capacity)
-                if counter is not None:
-                    # Readiness tracking: a wait returned (Epoch.advance, written out).
-                    epoch.now = next(counter)  # type: ignore[union-attr]
-            else:
-                io.leftover = None
-            if raw:
-                # 2. I/O.  The dispatcher's fast path, written out: a frame per
-                # iteration is a large part of the loop's own cost
-                # (bench/instructions.py).  Shared tokens and the rest go
-                # through the dispatcher itself.
-                if fast and not shared:
-                    fd = -1  # no event started yet (an asynchronous exception)
-                    try:
-                        for fd, mask in raw:
-                            try:
-                                token = tokens[fd]
-                            except IndexError:  # never registered (a fake backend)
-                                continue
-                            if mask & closing:
-                                io.closing_event(fd)
-                            if token >= 0:
-                                ready(self, token, tables[fd][mask])  # type: ignore[index]
-                            else:
-                                self._internal(token)
-                    except BaseException:
-                        io.keep_after(raw, fd)
-                        raise
-                else:
-                    io.dispatch_merged(self, raw, ready)
-            if sigq:
-                self._deliver_signals(handler)  # 3. signals
-            if inbox:
-                channel.deliver(self, notify, mpt)  # 4. messages
-            soonest = timer.soonest
-            if (soonest < _INF and soonest <= clock()) or due:
-                self._fire(on_timeout)  # 5. timers
-            if tick is not None:
-                tick(self)  # 6.
-            if once or not self._running:
-                return
-
-    # -- cold paths of the iteration -----------------------------------------------
-
-    def _internal(self, token: int) -> None:
-        """A reserved token reported readiness (``UNREGISTERED``: ignored)."""
-        if token == NOTIFY_TOKEN:
-            self._channel.awakened()
-            return
-        signals = self._signals
-        if token == SIGNAL_TOKEN and signals is not None:
-            got = signals.read()
-            # Any byte means a wait was (or would have been) interrupted.
-            self._sigq.append(0)
-            self._sigq.extend(got)
-
-    def _deliver_signals(self, handler: Handler) -> None:
-        """Phase 3: ``interrupted`` and ``signal`` calls, in arrival order."""
-        sigq = self._sigq
-        on_signal = override(handler, "signal")
-        on_interrupted = override(handler, "interrupted")
-        while sigq:
-            signum = sigq.popleft()
-            if signum == 0:
-                if on_interrupted is not None:
-                    on_interrupted(self)
-            elif on_signal is not None:
-                on_signal(self, signum)
-
-    def _fire(self, on_timeout: Callable[[EventLoop, Any], None]) -> None:
-        """Phase 5: deliver the due timeouts (leftovers of an exception first)."""
-        due = self._due
-        timer = self._timer
-        i = 0
-        try:
-            timer.expired_into(self._clock(), due)
-            for payload in due:
-                i += 1
-                on_timeout(self, payload)
-        finally:
-            del due[:i]
-            timer.next_deadline()  # makes timer.soonest exact again
 
     # -- closing ------------------------------------------------------------
 
