@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -121,6 +122,17 @@ def drain(sock: socket.socket) -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """The interpreter switches threads every microsecond (under the GIL): races show."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
 
 
 # -- wake-up descriptors ---------------------------------------------------------------

@@ -13,10 +13,8 @@ would strand a stream (its data written, never read) and fail the test.
 from __future__ import annotations
 
 import random
-import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,16 +25,6 @@ STREAMS = 8
 POLLERS = 4
 MESSAGES = 300  # per stream
 R_ONESHOT = PollOpt.EDGE | PollOpt.ONESHOT
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 @pytest.mark.parametrize("oneshot", [True, False], ids=["oneshot-handoff", "edge-shared"])

@@ -42,11 +42,10 @@ import functools
 import random
 import re
 import socket
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,16 +97,6 @@ def token_of(thread: int, sock: int, gen: int) -> int:
 
 def sock_of(token: int) -> tuple[int, int]:
     return token >> 32, (token >> 24) & 0xFF
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
 
 
 # -- the loop's side ------------------------------------------------------------------
