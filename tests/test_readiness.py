@@ -404,3 +404,48 @@ def test_the_counting_seam_is_the_funnels_call() -> None:
     import metalio
 
     assert (fdio._read is os.read) == (metalio.speedups == "python")
+
+
+def _subsets(bits: list[int]) -> list[int]:
+    masks = [0]
+    for bit in bits:
+        masks += [m | bit for m in masks]
+    return masks
+
+
+def test_closing_bits_sit_above_the_data_bits() -> None:
+    """``Facts.closing_above``: the dispatch's one comparison per event is the
+    closing-bit test, for every mask every backend can produce."""
+    from metalio._backends import _kqueue_mask as kq
+    from metalio._backends import _pollmask as pm
+    from metalio._backends import facts_of
+    from metalio._backends._emulated import EmulatedBackend
+    from metalio._backends.epoll import EpollBackend
+    from metalio._backends.kqueue import KqueueBackend
+
+    cases: list[tuple[Any, list[int]]] = [
+        (EpollBackend, list(EpollBackend.native_masks or ())),
+        (
+            KqueueBackend,
+            _subsets([kq.N_READ, kq.N_WRITE, kq.N_READ_EOF, kq.N_WRITE_EOF, kq.N_ERROR]),
+        ),
+        (
+            EmulatedBackend,
+            _subsets(
+                [
+                    pm.POLLIN,
+                    pm.POLLPRI,
+                    pm.POLLOUT,
+                    pm.POLLERR,
+                    pm.POLLHUP,
+                    pm.POLLNVAL,
+                    pm.POLLRDHUP,
+                ]
+            ),
+        ),
+    ]
+    for backend, masks in cases:
+        facts = facts_of(backend)
+        assert len(masks) >= 32
+        for mask in masks:
+            assert (mask > facts.closing_above) == bool(mask & facts.closing_mask), (backend, mask)

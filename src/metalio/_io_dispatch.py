@@ -46,7 +46,7 @@ Ready_ = Callable[[Any, int, Ready], None]
 class IoDispatcher:
     """Dispatches the I/O events of one loop (see the module docstring)."""
 
-    __slots__ = ("_index", "_internal", "_row", "closing", "leftover", "unique_fds")
+    __slots__ = ("_index", "_internal", "_row", "closing_above", "leftover", "unique_fds")
 
     def __init__(self, registry: Registry, internal: Callable[[int], None], tracking: bool) -> None:
         self._index = DispatchIndex(registry)
@@ -55,9 +55,10 @@ class IoDispatcher:
         self.unique_fds = registry.facts.unique_fds
         """Each fd at most once per batch: the fast path needs no merging."""
         # With readiness tracking on, an event carrying a closing bit turns
-        # tracking off for its source (metalio._readiness): 0 never matches.
-        self.closing = registry.facts.closing_mask if tracking else 0
-        """Native bits after which :meth:`closing_event` must be called for the fd."""
+        # tracking off for its source (metalio._readiness); without it no mask
+        # is that large.
+        self.closing_above = registry.facts.closing_above if tracking else 1 << 62
+        """A native mask above this carries a closing bit: call :meth:`closing_event`."""
         self.leftover: list[tuple[int, int]] | None = None
         """Events a handler exception left undelivered; dispatched before the next wait."""
 
@@ -94,12 +95,12 @@ class IoDispatcher:
         """
         row = self._row
         merged: dict[int, int] = {}
-        closing = self.closing
+        closing_above = self.closing_above
         for fd, mask in raw:
             reg = row(fd)
             if reg is None:
                 continue
-            if mask & closing:
+            if mask > closing_above:
                 switch_off(reg.source)
             token = reg.token
             bits = int(reg.table[mask])

@@ -106,7 +106,7 @@ class LoopState:
         tables = index.tables
         shared = index.shared
         fast = io.unique_fds
-        closing = io.closing
+        closing_above = io.closing_above
         wait = self._wait_native
         epoch = self._epoch
         counter = None if epoch is None else epoch.counter
@@ -163,7 +163,7 @@ class LoopState:
                                 token = tokens[fd]
                             except IndexError:  # never registered (a fake backend)
                                 continue
-                            if mask & closing:
+                            if mask > closing_above:
                                 io.closing_event(fd)
                             if token >= 0:
                                 ready(loop, token, tables[fd][mask])  # type: ignore[index]

@@ -55,7 +55,7 @@ class Poll:
     __slots__ = (
         "_backend",
         "_closed",
-        "_closing",
+        "_closing_above",
         "_epoch",
         "_inflight",
         "_registry",
@@ -84,7 +84,7 @@ class Poll:
         # What poll() needs of it, at hand: the epoch to advance (None: off)
         # and the native bits that switch a source's tracking off.
         self._epoch = tracking.epoch if tracking.enabled else None
-        self._closing = backend.closing_mask if tracking.enabled else 0
+        self._closing_above = self._registry.facts.closing_above if tracking.enabled else 1 << 62
         self._closed = False
         # list.append/pop are atomic: a count of threads inside the backend
         # that close() can read without a lock (see close()).
@@ -182,14 +182,14 @@ class Poll:
         if epoch is not None:
             # Readiness tracking: a wait returned (Epoch.advance, written out).
             epoch.now = next(epoch.counter)
-        closing = self._closing
+        closing_above = self._closing_above
         row = self._registry.row
         append = items.append
         new = _new_event
         for fd, mask in raw:
             reg = row(fd)
             if reg is not None:
-                if mask & closing:
+                if mask > closing_above:  # a closing bit (Facts.closing_above)
                     switch_off(reg.source)
                 ready = reg.table[mask]
                 event = reg.event
