@@ -9,7 +9,7 @@ signal handler, is write the signal number as one byte to the *wakeup fd*
 (``signal.set_wakeup_fd``), for every signal that has a Python-level handler.
 That byte is what an event loop can poll.
 
-``_SignalSet`` owns a ``WakeFd`` in its socket-pair form (the bytes matter
+``SignalSet`` owns a ``WakeFd`` in its socket-pair form (the bytes matter
 here, so never an eventfd).  Its read end is registered
 with the loop's Poll under an internal, negative token (level-triggered: the
 loop drains it whenever it reports), its write end becomes the process's
