@@ -70,7 +70,8 @@ def _extensions() -> list[Extension]:
     return [
         Extension(
             "metalio._speedups",
-            sources=["src/metalio/_speedups.c"],
+            sources=["src/metalio/_speedups.c", "src/metalio/_speedups_stream.c"],
+            depends=["src/metalio/_speedups.h"],
             extra_compile_args=flags,
         )
     ]

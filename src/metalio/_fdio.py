@@ -23,22 +23,25 @@ but a would-block comes back as ``None`` instead of a raised and caught
 below handles both answers, so there is one code path either way.
 
 The four stream calls (``fd_try_read``, ``fd_try_read_into``,
-``fd_try_write``, ``fd_try_writev``) are the ones a server makes per event,
-so rules 1 and 2 are spelled out inside them rather than behind another
-call: the classes bind them as attributes (``try_read = fd_try_read``), so a
-call costs exactly one Python frame, as a method written in the class would.
-Each expects the slots of :class:`FdState`.
+``fd_try_write``, ``fd_try_writev``) are the ones a server makes per event.
+With the C core they are C too: ``metalio._speedups`` holds the slots of
+:class:`FdState` in a C base type (``StreamCore``, then the base of
+:class:`FdSource`) and the four calls as its methods, following the rules
+of the Python functions below line for line.  The classes bind whichever is
+in use by name (``try_read = stream_try_read``), so neither costs more than
+one call.  The Python functions are the reference, and the implementation
+when the C core is absent or switched off.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._readiness import Epoch
 from ._source import READ_LIMIT, RearmHook
-from ._speedups_loader import IOV_MAX, SPEEDUPS
+from ._speedups_loader import CORE, IOV_MAX, SPEEDUPS
 from ._speedups_loader import read as speedups_read
 from ._speedups_loader import readinto as speedups_readinto
 from ._speedups_loader import write as speedups_write
@@ -56,6 +59,10 @@ __all__ = [
     "fd_try_writev",
     "init_state",
     "read_size",
+    "stream_try_read",
+    "stream_try_read_into",
+    "stream_try_write",
+    "stream_try_writev",
     "would_block",
 ]
 
@@ -89,10 +96,22 @@ class FdState(Protocol):
     _polls: int  # how many Polls the source is registered with
 
 
-class FdSource:
-    """Base of every metalio source type: the slots of :class:`FdState`."""
+class _FdSlots:
+    """The slots of :class:`FdState` in Python, when the C core is not in use."""
 
     __slots__ = ("_epoch", "_fd", "_polls", "_rearm", "_rmark", "_wmark")
+
+
+if TYPE_CHECKING:
+    _FdBase = _FdSlots  # the type checker reads the reference
+else:
+    _FdBase = _FdSlots if CORE is None else CORE.StreamCore
+
+
+class FdSource(_FdBase):
+    """Base of every metalio source type: the slots of :class:`FdState`."""
+
+    __slots__ = ()
 
     _fd: int
     _rearm: RearmHook | None
@@ -271,3 +290,16 @@ def fd_try_writev(self: FdState, buffers: Any) -> int | None:
     if written is None:
         would_block(self, WRITE, now)
     return written
+
+
+# What the stream classes bind as their try_* methods (see the docstring).
+if TYPE_CHECKING or CORE is None:
+    stream_try_read = fd_try_read
+    stream_try_read_into = fd_try_read_into
+    stream_try_write = fd_try_write
+    stream_try_writev = fd_try_writev
+else:
+    stream_try_read = CORE.try_read
+    stream_try_read_into = CORE.try_read_into
+    stream_try_write = CORE.try_write
+    stream_try_writev = CORE.try_writev

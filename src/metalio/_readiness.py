@@ -65,6 +65,8 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from ._speedups_loader import CORE
+
 if TYPE_CHECKING:
     from .registry import Registration, Registry
 
@@ -92,7 +94,20 @@ class _LockedCount:
             return next(self._count)
 
 
-class Epoch:
+class _EpochSlots:
+    """The slots of :class:`Epoch` in Python, when the C core is not in use."""
+
+    __slots__ = ("counter", "now")
+
+
+if TYPE_CHECKING:
+    _EpochBase = _EpochSlots  # the type checker reads the reference
+else:
+    # The C stream calls read ``now`` straight from this layout.
+    _EpochBase = _EpochSlots if CORE is None else CORE.EpochCore
+
+
+class Epoch(_EpochBase):
     """The number a tracking Poll changes whenever a wait returns.
 
     ``now`` is read by the sources.  Whoever waited stores a fresh value,
@@ -103,7 +118,7 @@ class Epoch:
     and free-threaded builds use a locked counter.
     """
 
-    __slots__ = ("counter", "now")
+    __slots__ = ()
 
     def __init__(self) -> None:
         self.now: float = 0

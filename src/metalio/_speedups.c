@@ -21,24 +21,11 @@
  * where that slot exists (free-threaded CPython).
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_speedups.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <sys/uio.h>
 #include <unistd.h>
-
-/* The most bytes one read asks for: matches metalio._source.READ_LIMIT.
- * read() allocates n bytes before the call, so larger requests are clamped
- * (a read may always return fewer bytes than asked). */
-#define METALIO_READ_LIMIT ((Py_ssize_t)1 << 24)
-
-#ifdef IOV_MAX
-#define METALIO_IOV_MAX IOV_MAX
-#else
-#define METALIO_IOV_MAX 1024
-#endif
 
 /* writev with at most this many buffers keeps its arrays on the stack; more
  * go to the heap (IOV_MAX Py_buffers are ~80 KiB, too much for a small
@@ -58,8 +45,8 @@ is_would_block(int err)
 /* The descriptor argument, as os.read converts it: an int (or __index__),
  * OverflowError outside C int, TypeError otherwise.  A negative number goes
  * to the kernel, which answers EBADF. */
-static int
-fd_from_object(PyObject *obj, int *fd)
+int
+metalio_fd_from_object(PyObject *obj, int *fd)
 {
     long value = PyLong_AsLong(obj);
     if (value == -1 && PyErr_Occurred()) {
@@ -75,8 +62,8 @@ fd_from_object(PyObject *obj, int *fd)
 
 /* The size argument of read(): ValueError below 1, clamped to the read limit
  * above it, whatever the int's magnitude. */
-static int
-size_from_object(PyObject *obj, Py_ssize_t *size)
+int
+metalio_size_from_object(PyObject *obj, Py_ssize_t *size)
 {
     int overflow = 0;
     long long value;
@@ -114,11 +101,6 @@ check_nargs(const char *name, Py_ssize_t nargs, Py_ssize_t expected)
     return 0;
 }
 
-/* The outcome of one system call loop, for the caller to turn into a value:
- * >= 0 done; -1 would block (no exception set); -2 exception set. */
-#define METALIO_WOULD_BLOCK (-1)
-#define METALIO_RAISED (-2)
-
 static Py_ssize_t
 finish_error(int err)
 {
@@ -130,8 +112,8 @@ finish_error(int err)
     return METALIO_RAISED;
 }
 
-static Py_ssize_t
-do_read(int fd, void *buf, size_t len)
+Py_ssize_t
+metalio_do_read(int fd, void *buf, size_t len)
 {
     ssize_t got;
     int err;
@@ -152,8 +134,8 @@ do_read(int fd, void *buf, size_t len)
     }
 }
 
-static Py_ssize_t
-do_write(int fd, const void *buf, size_t len)
+Py_ssize_t
+metalio_do_write(int fd, const void *buf, size_t len)
 {
     ssize_t put;
     int err;
@@ -223,15 +205,15 @@ speedups_read(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nar
     Py_ssize_t size, got;
     PyObject *bytes;
 
-    if (check_nargs("read", nargs, 2) < 0 || fd_from_object(args[0], &fd) < 0 ||
-        size_from_object(args[1], &size) < 0) {
+    if (check_nargs("read", nargs, 2) < 0 || metalio_fd_from_object(args[0], &fd) < 0 ||
+        metalio_size_from_object(args[1], &size) < 0) {
         return NULL;
     }
     bytes = PyBytes_FromStringAndSize(NULL, size);
     if (bytes == NULL) {
         return NULL;
     }
-    got = do_read(fd, PyBytes_AS_STRING(bytes), (size_t)size);
+    got = metalio_do_read(fd, PyBytes_AS_STRING(bytes), (size_t)size);
     if (got < 0) {
         Py_DECREF(bytes);
         if (got == METALIO_WOULD_BLOCK) {
@@ -260,7 +242,7 @@ speedups_readinto(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
     Py_buffer view;
     Py_ssize_t got;
 
-    if (check_nargs("readinto", nargs, 2) < 0 || fd_from_object(args[0], &fd) < 0) {
+    if (check_nargs("readinto", nargs, 2) < 0 || metalio_fd_from_object(args[0], &fd) < 0) {
         return NULL;
     }
     /* The flags os.readv uses: a read-only or non-contiguous buffer fails as
@@ -271,7 +253,7 @@ speedups_readinto(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t
         }
         return NULL;
     }
-    got = do_read(fd, view.buf, (size_t)view.len);
+    got = metalio_do_read(fd, view.buf, (size_t)view.len);
     if (got == 0 && view.len == 0) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError,
@@ -296,13 +278,13 @@ speedups_write(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     Py_buffer view;
     Py_ssize_t put;
 
-    if (check_nargs("write", nargs, 2) < 0 || fd_from_object(args[0], &fd) < 0) {
+    if (check_nargs("write", nargs, 2) < 0 || metalio_fd_from_object(args[0], &fd) < 0) {
         return NULL;
     }
     if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    put = do_write(fd, view.buf, (size_t)view.len);
+    put = metalio_do_write(fd, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     return size_result(put);
 }
@@ -315,29 +297,23 @@ PyDoc_STRVAR(writev_doc,
 "Raises TypeError (not a sequence, an item not bytes-like, fd not an int),\n"
 "BufferError (an item not C-contiguous), OSError (a real failure).");
 
-static PyObject *
-speedups_writev(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+Py_ssize_t
+metalio_gather_write(int fd, PyObject *seq)
 {
-    int fd;
-    Py_ssize_t length, count, taken = 0, i, put;
+    Py_ssize_t length, count, taken = 0, i;
+    Py_ssize_t result = METALIO_RAISED;
     struct iovec iov_stack[METALIO_IOV_STACK];
     Py_buffer view_stack[METALIO_IOV_STACK];
     struct iovec *iov = iov_stack;
     Py_buffer *views = view_stack;
-    PyObject *seq;
-    PyObject *result = NULL;
 
-    if (check_nargs("writev", nargs, 2) < 0 || fd_from_object(args[0], &fd) < 0) {
-        return NULL;
-    }
-    seq = args[1];
     if (!PySequence_Check(seq)) {
         PyErr_SetString(PyExc_TypeError, "writev() arg 2 must be a sequence");
-        return NULL;
+        return METALIO_RAISED;
     }
     length = PySequence_Size(seq);
     if (length < 0) {
-        return NULL;
+        return METALIO_RAISED;
     }
     count = length < METALIO_IOV_MAX ? length : METALIO_IOV_MAX;
     if (count > METALIO_IOV_STACK) {
@@ -364,8 +340,7 @@ speedups_writev(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
         iov[taken].iov_base = views[taken].buf;
         iov[taken].iov_len = (size_t)views[taken].len;
     }
-    put = do_writev(fd, iov, (int)count);
-    result = size_result(put);
+    result = do_writev(fd, iov, (int)count);
 done:
     for (i = 0; i < taken; i++) {
         PyBuffer_Release(&views[i]);
@@ -377,6 +352,17 @@ done:
         PyMem_Free(views);
     }
     return result;
+}
+
+static PyObject *
+speedups_writev(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    int fd;
+
+    if (check_nargs("writev", nargs, 2) < 0 || metalio_fd_from_object(args[0], &fd) < 0) {
+        return NULL;
+    }
+    return size_result(metalio_gather_write(fd, args[1]));
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -396,17 +382,19 @@ speedups_exec(PyObject *module)
     if (PyModule_AddIntConstant(module, "READ_LIMIT", (long)METALIO_READ_LIMIT) < 0) {
         return -1;
     }
-    return 0;
+    return metalio_stream_exec(module);
 }
 
 static PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, (void *)speedups_exec},
 #ifdef Py_mod_multiple_interpreters
-    /* No module state, no static objects: safe in every subinterpreter. */
+    /* Every type is a heap type of the module's own, and the state is per
+     * module object: safe in every subinterpreter. */
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
 #ifdef Py_mod_gil
-    /* No shared mutable state; the buffers are pinned by Py_buffer exports. */
+    /* No shared mutable state; the buffers are pinned by Py_buffer exports,
+     * and the stream type guards its object slots (see _speedups.h). */
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif
     {0, NULL},
@@ -414,19 +402,20 @@ static PyModuleDef_Slot speedups_slots[] = {
 
 PyDoc_STRVAR(module_doc,
 "metalio's descriptor calls in C: read, readinto, write, writev on a raw fd,\n"
-"returning None on would-block without raising.  Use metalio._speedups_loader,\n"
-"which falls back to the pure-Python equivalents.");
+"returning None on would-block without raising, and the stream source base\n"
+"type whose try_* methods keep readiness tracking.  Use\n"
+"metalio._speedups_loader, which falls back to the pure-Python equivalents.");
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     "metalio._speedups",
     module_doc,
-    0,
+    (Py_ssize_t)sizeof(metalio_state),
     speedups_methods,
     speedups_slots,
-    NULL,
-    NULL,
-    NULL,
+    metalio_state_traverse,
+    metalio_state_clear,
+    metalio_state_free,
 };
 
 PyMODINIT_FUNC

@@ -4,7 +4,10 @@ Owns: the choice between the C core (``metalio._speedups``) and its
 pure-Python reference, and the reference itself.  ``read``, ``readinto``,
 ``write`` and ``writev`` here are the chosen ones; ``py_read`` ... are always
 the pure-Python ones; ``SPEEDUPS`` says which is in use (``"c"`` or
-``"python"``; ``metalio.speedups`` re-exports it).
+``"python"``; ``metalio.speedups`` re-exports it).  ``CORE`` is the C module
+itself when it is in use, ``None`` otherwise: ``metalio._fdio`` and
+``metalio._readiness`` take their base types (``StreamCore``,
+``EpochCore``) and the stream calls from it.
 
 Every function takes a raw descriptor and behaves as ``os.read``,
 ``os.readv``, ``os.write``, ``os.writev`` do, except that the kernel's
@@ -27,11 +30,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, Final, Literal
 
 from ._source import READ_LIMIT
 
 __all__ = [
+    "CORE",
     "IOV_MAX",
     "SPEEDUPS",
     "py_read",
@@ -149,6 +154,7 @@ readinto: Callable[[int, Any], int | None] = py_readinto
 write: Callable[[int, Any], int | None] = py_write
 writev: Callable[[int, Any], int | None] = py_writev
 SPEEDUPS: Literal["c", "python"] = "python"
+CORE: ModuleType | None = None
 
 if not _forced_pure() and sys.platform != "win32":
     try:
@@ -163,3 +169,4 @@ if not _forced_pure() and sys.platform != "win32":
         write = _speedups.write
         writev = _speedups.writev
         SPEEDUPS = "c"
+        CORE = _speedups

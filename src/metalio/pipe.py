@@ -44,11 +44,11 @@ from typing import TypeVar
 
 from ._fdio import (
     FdSource,
-    fd_try_read,
-    fd_try_read_into,
-    fd_try_write,
-    fd_try_writev,
     init_state,
+    stream_try_read,
+    stream_try_read_into,
+    stream_try_write,
+    stream_try_writev,
 )
 
 __all__ = ["PipeReader", "PipeWriter", "pipe"]
@@ -116,8 +116,8 @@ class PipeReader(_PipeEnd):
 
     __slots__ = ()
 
-    try_read = fd_try_read
-    try_read_into = fd_try_read_into
+    try_read = stream_try_read
+    try_read_into = stream_try_read_into
 
 
 class PipeWriter(_PipeEnd):
@@ -125,8 +125,8 @@ class PipeWriter(_PipeEnd):
 
     __slots__ = ()
 
-    try_write = fd_try_write
-    try_writev = fd_try_writev
+    try_write = stream_try_write
+    try_writev = stream_try_writev
 
 
 def _end(cls: type[_E], fd: int) -> _E:

@@ -5,7 +5,7 @@ funnel state of ``metalio._fdio`` in slots, closing, addresses, errors);
 ``StreamSource``, ``ListenerSource`` and ``DatagramSource`` hold the
 ``try_*`` calls the public types inherit.  Every one of those calls goes
 through the funnel: would-block is handed to ``metalio._fdio.would_block``,
-and the stream calls are the funnel's own ``fd_try_*`` functions.  Sockets
+and the stream calls are the funnel's (``metalio._fdio.stream_try_*``).  Sockets
 are created non-blocking and close-on-exec, in one system call where the
 OS allows it.
 
@@ -25,12 +25,12 @@ from .._fdio import (
     READ,
     WRITE,
     FdSource,
-    fd_try_read,
-    fd_try_read_into,
-    fd_try_write,
-    fd_try_writev,
     init_state,
     read_size,
+    stream_try_read,
+    stream_try_read_into,
+    stream_try_write,
+    stream_try_writev,
     would_block,
 )
 from .._source import READ_LIMIT
@@ -182,13 +182,13 @@ class StreamSource(SocketSource):
     __slots__ = ()
 
     if sys.platform != "win32":  # POSIX_IO, spelled so that mypy follows it
-        try_read = fd_try_read
-        try_read_into = fd_try_read_into
-        try_write = fd_try_write
+        try_read = stream_try_read
+        try_read_into = stream_try_read_into
+        try_write = stream_try_write
         # On a connected stream writev is sendmsg without ancillary data or
         # flags (the same kernel path), and it keeps streams and pipes on one
         # code path.
-        try_writev = fd_try_writev
+        try_writev = stream_try_writev
 
     else:  # pragma: no cover - Windows
 
