@@ -70,7 +70,11 @@ def _extensions() -> list[Extension]:
     return [
         Extension(
             "metalio._speedups",
-            sources=["src/metalio/_speedups.c", "src/metalio/_speedups_stream.c"],
+            sources=[
+                "src/metalio/_speedups.c",
+                "src/metalio/_speedups_stream.c",
+                "src/metalio/_speedups_dispatch.c",
+            ],
             depends=["src/metalio/_speedups.h"],
             extra_compile_args=flags,
         )

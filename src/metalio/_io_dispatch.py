@@ -12,8 +12,9 @@ The rules
 * ``ready(loop, token, ready)`` at most once per token per batch.  While no
   token is shared and the backend names each fd once per batch
   (``unique_fds``), every event is its own call, looked up in the index's
-  two lists: that fast path is written out in the loop's iteration, since a
-  call per batch is a large part of the loop's own cost.  Otherwise
+  two lists (:attr:`IoDispatcher.dispatch_unique`: the C core's
+  ``dispatch_unique`` when it is in use, else the reference,
+  :meth:`IoDispatcher._dispatch_unique`).  Otherwise
   :meth:`IoDispatcher.dispatch_merged` merges flags per token first.
 * Reserved (negative) tokens go to the loop's ``internal(token)`` callback,
   never to the handler; ``UNREGISTERED`` (deregistered since the wait) is
@@ -28,12 +29,14 @@ other phases.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._dispatch_index import DispatchIndex
 from ._flags import READY_VALUES, Ready
 from ._readiness import switch_off
+from ._speedups_loader import CORE
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -46,7 +49,15 @@ Ready_ = Callable[[Any, int, Ready], None]
 class IoDispatcher:
     """Dispatches the I/O events of one loop (see the module docstring)."""
 
-    __slots__ = ("_index", "_internal", "_row", "closing_above", "leftover", "unique_fds")
+    __slots__ = (
+        "_index",
+        "_internal",
+        "_row",
+        "closing_above",
+        "dispatch_unique",
+        "leftover",
+        "unique_fds",
+    )
 
     def __init__(self, registry: Registry, internal: Callable[[int], None], tracking: bool) -> None:
         self._index = DispatchIndex(registry)
@@ -61,6 +72,21 @@ class IoDispatcher:
         """A native mask above this carries a closing bit: call :meth:`closing_event`."""
         self.leftover: list[tuple[int, int]] | None = None
         """Events a handler exception left undelivered; dispatched before the next wait."""
+        self.dispatch_unique: Callable[[Any, list[tuple[int, int]], Ready_], None]
+        """``(loop, raw, ready)``: the I/O phase while ``unique_fds`` and no token is shared."""
+        if CORE is None:
+            self.dispatch_unique = self._dispatch_unique
+        else:
+            index = self._index
+            fixed = (
+                index.tokens,
+                index.tables,
+                self.closing_above,
+                internal,
+                self.closing_event,
+                self.keep_after,
+            )
+            self.dispatch_unique = functools.partial(CORE.dispatch_unique, fixed)
 
     @property
     def index(self) -> DispatchIndex:
@@ -85,13 +111,34 @@ class IoDispatcher:
         if raw:
             self.leftover = raw
 
+    def _dispatch_unique(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
+        """One call per event, straight from the index's lists (the reference of
+        the C core's ``dispatch_unique``)."""
+        index = self._index
+        tokens = index.tokens
+        tables = index.tables
+        closing_above = self.closing_above
+        fd = -1  # no event started yet (an asynchronous exception)
+        try:
+            for fd, mask in raw:
+                if not 0 <= fd < len(tokens):
+                    continue  # never registered (a fake backend)
+                if mask > closing_above:
+                    self.closing_event(fd)
+                token = tokens[fd]
+                if token >= 0:
+                    ready(loop, token, tables[fd][mask])  # type: ignore[index]
+                else:
+                    self._internal(token)
+        except BaseException:
+            self.keep_after(raw, fd)
+            raise
+
     def dispatch_merged(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
         """The merging path: flags merged per token, then one call per token.
 
         For batches where a token may repeat (some token is shared, or the
-        backend may name an fd twice).  The fast path, one call per event
-        straight from the index's lists, is written out in the loop's
-        iteration (``metalio.loop``), which owns nothing of it but the loop.
+        backend may name an fd twice).
         """
         row = self._row
         merged: dict[int, int] = {}

@@ -5,10 +5,9 @@ slots (:class:`LoopState`): ``loop.py`` has the public surface (building,
 registering, channels, timers, signals, running, closing), this module the
 iteration itself (``_iterate``) and the phases it calls out of line (reserved
 tokens, signals, timers).  The phases follow ``docs/loop.md``; each is a call
-into the collaborator that owns its state, except the wait and the
-dispatcher's fast path, which are written out here because they run on every
-iteration and a frame there is a large part of the loop's own cost
-(``bench/instructions.py`` counts it).
+into the collaborator that owns its state, except the wait, which is
+written out here because it runs on every iteration and a frame there is a
+large part of the loop's own cost (``bench/instructions.py`` counts it).
 
 What it must not know: how the backends wait, how the channel, the timer or
 the dispatch index keep their state beyond their named contracts.
@@ -101,15 +100,12 @@ class LoopState:
         mpt = self._config.messages_per_tick
         capacity = self._config.events_capacity
         io = self._io
-        index = io.index
-        tokens = index.tokens
-        tables = index.tables
-        shared = index.shared
+        shared = io.index.shared
         fast = io.unique_fds
-        closing_above = io.closing_above
+        dispatch_unique = io.dispatch_unique
         wait = self._wait_native
         epoch = self._epoch
-        counter = None if epoch is None else epoch.counter
+        advance = None if epoch is None else epoch.advance
         t: float | None
         while True:
             # 1. Wait, no longer than the work pending allows.
@@ -145,33 +141,15 @@ class LoopState:
                         channel.sleeping = False
                 else:
                     raw = wait(t, capacity)
-                if counter is not None:
-                    # Readiness tracking: a wait returned (Epoch.advance, written out).
-                    epoch.now = next(counter)  # type: ignore[union-attr]
+                if advance is not None:
+                    advance()  # readiness tracking: a wait returned
             else:
                 io.leftover = None
             if raw:
-                # 2. I/O.  The dispatcher's fast path, written out: a frame per
-                # iteration is a large part of the loop's own cost
-                # (bench/instructions.py).  Shared tokens and the rest go
-                # through the dispatcher itself.
+                # 2. I/O: one call per event while fds are unique and no token
+                # is shared, else merged per token (metalio._io_dispatch).
                 if fast and not shared:
-                    fd = -1  # no event started yet (an asynchronous exception)
-                    try:
-                        for fd, mask in raw:
-                            try:
-                                token = tokens[fd]
-                            except IndexError:  # never registered (a fake backend)
-                                continue
-                            if mask > closing_above:
-                                io.closing_event(fd)
-                            if token >= 0:
-                                ready(loop, token, tables[fd][mask])  # type: ignore[index]
-                            else:
-                                self._internal(token)
-                    except BaseException:
-                        io.keep_after(raw, fd)
-                        raise
+                    dispatch_unique(loop, raw, ready)
                 else:
                     io.dispatch_merged(self, raw, ready)
             if sigq:

@@ -94,31 +94,10 @@ class _LockedCount:
             return next(self._count)
 
 
-class _EpochSlots:
-    """The slots of :class:`Epoch` in Python, when the C core is not in use."""
+class _EpochReference:
+    """:class:`Epoch` in Python: the reference, and the one in use without the C core."""
 
     __slots__ = ("counter", "now")
-
-
-if TYPE_CHECKING:
-    _EpochBase = _EpochSlots  # the type checker reads the reference
-else:
-    # The C stream calls read ``now`` straight from this layout.
-    _EpochBase = _EpochSlots if CORE is None else CORE.EpochCore
-
-
-class Epoch(_EpochBase):
-    """The number a tracking Poll changes whenever a wait returns.
-
-    ``now`` is read by the sources.  Whoever waited stores a fresh value,
-    right after the kernel returned: ``epoch.now = next(epoch.counter)``
-    (what :meth:`advance` does; the event loop and ``Poll.poll`` write it out
-    to save a frame).  Two pollers must never take the same value:
-    ``next()`` on an ``itertools.count`` is one atomic C call under the GIL,
-    and free-threaded builds use a locked counter.
-    """
-
-    __slots__ = ()
 
     def __init__(self) -> None:
         self.now: float = 0
@@ -127,6 +106,28 @@ class Epoch(_EpochBase):
     def advance(self) -> None:
         """A wait returned: no mark made before now can match any more."""
         self.now = next(self.counter)
+
+
+if TYPE_CHECKING:
+    _EpochBase = _EpochReference  # the type checker reads the reference
+else:
+    # The C core's EpochCore: the same two members' behaviour, and the
+    # stream calls read ``now`` straight from its layout.
+    _EpochBase = _EpochReference if CORE is None else CORE.EpochCore
+
+
+class Epoch(_EpochBase):
+    """The number a tracking Poll changes whenever a wait returns.
+
+    ``now`` is read by the sources.  Whoever waited calls :meth:`advance`
+    right after the kernel returned, which stores a fresh value.  Two
+    pollers must never take the same value: ``next()`` on an
+    ``itertools.count`` is one atomic C call under the GIL, free-threaded
+    builds use a locked counter, and the C core's ``advance`` is one atomic
+    add.
+    """
+
+    __slots__ = ()
 
 
 class _Never(Epoch):

@@ -66,6 +66,10 @@ Py_ssize_t metalio_do_write(int fd, const void *buf, size_t len);
  * the outcome or the count; every buffer taken is released. */
 Py_ssize_t metalio_gather_write(int fd, PyObject *seq);
 
+/* The loop's I/O phase for unique fds (_speedups_dispatch.c). */
+PyObject *metalio_dispatch_unique(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+extern const char metalio_dispatch_unique_doc[];
+
 /* The module's state: its two heap types. */
 typedef struct {
     PyObject *stream_type; /* StreamCore */

@@ -1,8 +1,8 @@
 /* metalio._speedups, the stream half: the source base type and its try_* calls.
  *
  * Owns: StreamCore, the C layout of the slots metalio._fdio.FdState names
- * (_fd, _rearm, _epoch, _rmark, _wmark, _polls), and EpochCore, the C layout
- * of metalio._readiness.Epoch (now, counter).  The four stream calls,
+ * (_fd, _rearm, _epoch, _rmark, _wmark, _polls), and EpochCore, the C
+ * version of metalio._readiness.Epoch (now, advance()).  The four stream calls,
  * try_read, try_read_into, try_write and try_writev, are exported as method
  * descriptors of StreamCore rather than put in its type: the stream classes
  * bind them by name (try_read = _speedups.try_read), exactly as the
@@ -44,8 +44,8 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    double now;        /* changes whenever a wait of the tracking Poll returns */
-    PyObject *counter; /* where the next value of now comes from */
+    double now;              /* changes whenever a wait of the tracking Poll returns */
+    unsigned long long taken; /* the last value advance() took */
 } EpochCore;
 
 /* The direction bits, as metalio._fdio.READ and WRITE. */
@@ -447,40 +447,44 @@ epoch_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwd
         return NULL;
     }
     self->now = 0.0;
-    self->counter = Py_NewRef(Py_None);
+    self->taken = 0;
     return (PyObject *)self;
-}
-
-static int
-epoch_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(((EpochCore *)op)->counter);
-    return 0;
-}
-
-static int
-epoch_clear(PyObject *op)
-{
-    Py_CLEAR(((EpochCore *)op)->counter);
-    return 0;
 }
 
 static void
 epoch_dealloc(PyObject *op)
 {
     PyTypeObject *type = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    (void)epoch_clear(op);
     type->tp_free(op);
     Py_DECREF(type);
 }
 
+/* Epoch.advance: take the next value and make it the epoch.  Two pollers
+ * never take the same value (an atomic add without the GIL; the GIL makes
+ * the method atomic otherwise), and values are never reused, so a mark made
+ * at a value another poller overwrote never matches again. */
+static PyObject *
+epoch_advance(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    EpochCore *self = (EpochCore *)op;
+#ifdef Py_GIL_DISABLED
+    unsigned long long value = __atomic_add_fetch(&self->taken, 1, __ATOMIC_RELAXED);
+#else
+    unsigned long long value = ++self->taken;
+#endif
+    METALIO_STORE_DOUBLE(&self->now, (double)value);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef epoch_methods[] = {
+    {"advance", (PyCFunction)epoch_advance, METH_NOARGS,
+     PyDoc_STR("advance()\n--\n\nA wait returned: no mark made before now can match any more.")},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMemberDef epoch_members[] = {
     {"now", Py_T_DOUBLE, offsetof(EpochCore, now), 0,
      PyDoc_STR("the value marks are compared with")},
-    {"counter", Py_T_OBJECT_EX, offsetof(EpochCore, counter), 0,
-     PyDoc_STR("the iterator the next value of now comes from")},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -488,9 +492,8 @@ static PyType_Slot epoch_slots[] = {
     {Py_tp_doc, (void *)PyDoc_STR("The C layout of metalio._readiness.Epoch.")},
     {Py_tp_new, (void *)epoch_new},
     {Py_tp_dealloc, (void *)epoch_dealloc},
-    {Py_tp_traverse, (void *)epoch_traverse},
-    {Py_tp_clear, (void *)epoch_clear},
     {Py_tp_members, (void *)epoch_members},
+    {Py_tp_methods, (void *)epoch_methods},
     {0, NULL},
 };
 
@@ -498,7 +501,7 @@ static PyType_Spec epoch_spec = {
     "metalio._speedups.EpochCore",
     (int)sizeof(EpochCore),
     0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     epoch_slots,
 };
 

@@ -180,8 +180,7 @@ class Poll:
             raise ValueError("the Poll was closed while polling")
         epoch = self._epoch
         if epoch is not None:
-            # Readiness tracking: a wait returned (Epoch.advance, written out).
-            epoch.now = next(epoch.counter)
+            epoch.advance()  # readiness tracking: a wait returned
         closing_above = self._closing_above
         row = self._registry.row
         append = items.append
