@@ -7,7 +7,8 @@
 #  (b) the whole suite once more, on the pure-Python path (METALIO_PURE_PYTHON=1;
 #      the main lane ran it on the C core, which tests/test_speedups_loader.py
 #      checks under CI=true);
-#  (c) the descriptor-call, TCP and loop suites under valgrind memcheck:
+#  (c) the descriptor-call, stream-type, dispatch, readiness, TCP and loop
+#      suites under valgrind memcheck:
 #      any memory error fails, and so does a definite leak allocated through
 #      the extension.
 # Standalone too: `bash .ci/lane-speedups.sh` from a checkout.
@@ -61,7 +62,8 @@ for interpreter in "${interpreters[@]}"; do
         nice "$venv/bin/python" -m pip install -q -e '.[dev]'
     fi
     echo "-- $version"
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_speedups.py tests/test_speedups_loader.py
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/test_speedups.py tests/test_speedups_loader.py \
+        tests/test_speedups_stream.py tests/test_io_dispatch.py tests/test_readiness.py
 done
 
 echo "== speedups: the lane's virtualenv, built strictly"
@@ -81,7 +83,7 @@ echo "== speedups (b): the whole suite on the pure-Python path (METALIO_PURE_PYT
 METALIO_PURE_PYTHON=1 python -c 'import metalio; assert metalio.speedups == "python"'
 METALIO_PURE_PYTHON=1 python -m pytest -q -p no:cacheprovider
 
-echo "== speedups (c): valgrind memcheck of the descriptor-call, TCP and loop suites"
+echo "== speedups (c): valgrind memcheck of the C core's suites, TCP and the loop"
 if ! command -v valgrind >/dev/null; then
     apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
@@ -96,7 +98,8 @@ PYTHONMALLOC=malloc valgrind --tool=memcheck --error-exitcode=99 \
     --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=none \
     --num-callers=40 --log-file="$logs/vg.%p.log" \
     python -m pytest -q -p no:cacheprovider --timeout=600 \
-        tests/test_speedups.py tests/test_net_tcp.py tests/test_loop.py \
+        tests/test_speedups.py tests/test_speedups_stream.py tests/test_io_dispatch.py \
+        tests/test_readiness.py tests/test_net_tcp.py tests/test_loop.py \
         -k "not memory_stays_bounded" || status=$?
 python - "$logs" <<'EOF'
 """Print the memory errors valgrind kept, and fail on a definite leak through the extension."""

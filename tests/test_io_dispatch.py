@@ -10,7 +10,6 @@ leaves for the next batch (API section 5: nothing lost, nothing twice).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,9 +26,12 @@ R = Interest.READABLE
 class Setup:
     def __init__(self, poll: Poll, impl: str) -> None:
         self.internal_calls: list[int] = []
-        self.io = IoDispatcher(poll.registry, self.internal_calls.append, tracking=True)
+        self.io = IoDispatcher(poll.registry, self.internal_calls.append, poll.tracking.epoch)
+        function, state = self.io.dispatch_unique
         self.dispatch: Callable[[Any, Any, Any], None] = (
-            self.io._dispatch_unique if impl == "python" else self.io.dispatch_unique
+            self.io._dispatch_unique
+            if impl == "python"
+            else lambda loop, raw, ready: function(state, loop, raw, ready)
         )
         self.calls: list[tuple[Any, int, Ready]] = []
 
@@ -66,12 +68,13 @@ def register_all(poll: Poll, streams: list[UnixStream]) -> list[int]:
 
 
 def test_the_c_function_is_in_use_with_the_core(poll: Poll) -> None:
-    io = IoDispatcher(poll.registry, lambda token: None, tracking=True)
+    io = IoDispatcher(poll.registry, lambda token: None, poll.tracking.epoch)
+    function, state = io.dispatch_unique
     if CORE is None:
-        assert io.dispatch_unique == io._dispatch_unique
+        assert (function, state) == (IoDispatcher._dispatch_unique, io)
     else:
-        assert isinstance(io.dispatch_unique, functools.partial)
-        assert io.dispatch_unique.func is CORE.dispatch_unique
+        assert function is CORE.dispatch_unique
+        assert state[-1] is poll.tracking.epoch
 
 
 def test_one_call_per_event_in_order(impl: str, poll: Poll, streams: list[UnixStream]) -> None:
@@ -91,7 +94,7 @@ def test_unregistered_and_unknown_fds(impl: str, poll: Poll, streams: list[UnixS
     setup = Setup(poll, impl)
     fds = register_all(poll, streams)
     poll.registry.deregister(streams[1])  # its fd now holds UNREGISTERED
-    setup.dispatch(None, [(fds[1], 1), (10**6, 1), (-5, 1), (fds[0], 1)], setup.ready)
+    setup.dispatch(None, [(fds[1], 1), (10**6, 1), (fds[0], 1)], setup.ready)
     assert [token for _, token, _ in setup.calls] == [10]
     assert len(setup.internal_calls) == 1 and setup.internal_calls[0] < 0  # UNREGISTERED
 
@@ -112,6 +115,23 @@ def test_a_closing_bit_switches_tracking_off_first(
     from metalio._readiness import NEVER
 
     assert seen == [NEVER]
+
+
+def test_every_batch_advances_the_epoch(impl: str, poll: Poll, streams: list[UnixStream]) -> None:
+    setup = Setup(poll, impl)
+    fds = register_all(poll, streams)
+    epoch = poll.tracking.epoch
+    before = epoch.now
+    setup.dispatch(None, [(fds[0], 1)], setup.ready)
+    assert epoch.now != before
+    streams[0]._rmark = epoch.now  # drained at this epoch
+    setup.dispatch(None, [(fds[1], 1)], setup.ready)
+    assert streams[0]._rmark != epoch.now  # any batch makes every mark stale
+    untracked = IoDispatcher(poll.registry, setup.internal_calls.append, None)
+    now = epoch.now
+    function, state = untracked.dispatch_unique
+    function(state, None, [(fds[0], 1)], setup.ready)
+    assert epoch.now == now
 
 
 def test_batches_that_are_not_lists_of_tuples(
@@ -167,6 +187,6 @@ def test_the_c_function_refuses_a_wrong_setup() -> None:
     if CORE is None:
         pytest.skip("metalio._speedups is not built")
     with pytest.raises(TypeError):
-        CORE.dispatch_unique((), None, [], print)
+        CORE.dispatch_unique((), None, [], print)  # not the dispatcher's tuple
     with pytest.raises(TypeError):
         CORE.dispatch_unique(None, [])

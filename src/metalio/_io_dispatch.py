@@ -16,6 +16,11 @@ The rules
   ``dispatch_unique`` when it is in use, else the reference,
   :meth:`IoDispatcher._dispatch_unique`).  Otherwise
   :meth:`IoDispatcher.dispatch_merged` merges flags per token first.
+* Every batch first advances the readiness-tracking epoch, when there is
+  one (``metalio._readiness``): a wait returned with events.  A wait that
+  reported nothing leaves the marks standing, since nothing new was
+  reported to anyone; a leftover batch advances it again, which only costs
+  a system call.
 * Reserved (negative) tokens go to the loop's ``internal(token)`` callback,
   never to the handler; ``UNREGISTERED`` (deregistered since the wait) is
   one of them, and the loop ignores it.
@@ -29,7 +34,6 @@ other phases.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +43,7 @@ from ._readiness import switch_off
 from ._speedups_loader import CORE
 
 if TYPE_CHECKING:
+    from ._readiness import Epoch
     from .registry import Registry
 
 __all__ = ["IoDispatcher"]
@@ -50,6 +55,7 @@ class IoDispatcher:
     """Dispatches the I/O events of one loop (see the module docstring)."""
 
     __slots__ = (
+        "_epoch",
         "_index",
         "_internal",
         "_row",
@@ -59,7 +65,11 @@ class IoDispatcher:
         "unique_fds",
     )
 
-    def __init__(self, registry: Registry, internal: Callable[[int], None], tracking: bool) -> None:
+    def __init__(
+        self, registry: Registry, internal: Callable[[int], None], epoch: Epoch | None
+    ) -> None:
+        """*epoch*: the Poll's readiness-tracking epoch, ``None`` while tracking is off."""
+        self._epoch = epoch
         self._index = DispatchIndex(registry)
         self._row = registry.row
         self._internal = internal
@@ -68,14 +78,16 @@ class IoDispatcher:
         # With readiness tracking on, an event carrying a closing bit turns
         # tracking off for its source (metalio._readiness); without it no mask
         # is that large.
-        self.closing_above = registry.facts.closing_above if tracking else 1 << 62
+        self.closing_above = registry.facts.closing_above if epoch is not None else 1 << 62
         """A native mask above this carries a closing bit: call :meth:`closing_event`."""
         self.leftover: list[tuple[int, int]] | None = None
         """Events a handler exception left undelivered; dispatched before the next wait."""
-        self.dispatch_unique: Callable[[Any, list[tuple[int, int]], Ready_], None]
-        """``(loop, raw, ready)``: the I/O phase while ``unique_fds`` and no token is shared."""
+        self.dispatch_unique: tuple[Callable[[Any, Any, list[tuple[int, int]], Ready_], None], Any]
+        """``(function, state)``: the I/O phase while ``unique_fds`` and no token
+        is shared is ``function(state, loop, raw, ready)``.  A pair, not a bound
+        callable: the loop calls the function directly, one call per batch."""
         if CORE is None:
-            self.dispatch_unique = self._dispatch_unique
+            self.dispatch_unique = (IoDispatcher._dispatch_unique, self)
         else:
             index = self._index
             fixed = (
@@ -85,8 +97,9 @@ class IoDispatcher:
                 internal,
                 self.closing_event,
                 self.keep_after,
+                epoch,
             )
-            self.dispatch_unique = functools.partial(CORE.dispatch_unique, fixed)
+            self.dispatch_unique = (CORE.dispatch_unique, fixed)
 
     @property
     def index(self) -> DispatchIndex:
@@ -114,6 +127,9 @@ class IoDispatcher:
     def _dispatch_unique(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
         """One call per event, straight from the index's lists (the reference of
         the C core's ``dispatch_unique``)."""
+        epoch = self._epoch
+        if epoch is not None:
+            epoch.advance()
         index = self._index
         tokens = index.tokens
         tables = index.tables
@@ -121,11 +137,12 @@ class IoDispatcher:
         fd = -1  # no event started yet (an asynchronous exception)
         try:
             for fd, mask in raw:
-                if not 0 <= fd < len(tokens):
-                    continue  # never registered (a fake backend)
+                try:
+                    token = tokens[fd]
+                except IndexError:  # never registered (a fake backend)
+                    continue
                 if mask > closing_above:
                     self.closing_event(fd)
-                token = tokens[fd]
                 if token >= 0:
                     ready(loop, token, tables[fd][mask])  # type: ignore[index]
                 else:
@@ -140,6 +157,9 @@ class IoDispatcher:
         For batches where a token may repeat (some token is shared, or the
         backend may name an fd twice).
         """
+        epoch = self._epoch
+        if epoch is not None:
+            epoch.advance()
         row = self._row
         merged: dict[int, int] = {}
         closing_above = self.closing_above

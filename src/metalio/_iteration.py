@@ -25,7 +25,6 @@ from .handler import Handler, bind, override
 
 if TYPE_CHECKING:
     from ._io_dispatch import IoDispatcher
-    from ._readiness import Epoch
     from ._signals import SignalSet
     from .channel import _Notify
     from .loop_config import EventLoopConfig
@@ -49,7 +48,6 @@ class LoopState:
         "_closed",
         "_config",
         "_due",
-        "_epoch",
         "_io",
         "_loop_thread",
         "_poll",
@@ -68,7 +66,6 @@ class LoopState:
     _closed: bool
     _config: EventLoopConfig
     _due: list[Any]
-    _epoch: Epoch | None
     _io: IoDispatcher
     _loop_thread: int
     _poll: Poll
@@ -102,10 +99,8 @@ class LoopState:
         io = self._io
         shared = io.index.shared
         fast = io.unique_fds
-        dispatch_unique = io.dispatch_unique
+        dispatch_unique, unique_state = io.dispatch_unique
         wait = self._wait_native
-        epoch = self._epoch
-        advance = None if epoch is None else epoch.advance
         t: float | None
         while True:
             # 1. Wait, no longer than the work pending allows.
@@ -141,15 +136,14 @@ class LoopState:
                         channel.sleeping = False
                 else:
                     raw = wait(t, capacity)
-                if advance is not None:
-                    advance()  # readiness tracking: a wait returned
             else:
                 io.leftover = None
             if raw:
                 # 2. I/O: one call per event while fds are unique and no token
-                # is shared, else merged per token (metalio._io_dispatch).
+                # is shared, else merged per token (metalio._io_dispatch, which
+                # also advances the readiness epoch for the batch).
                 if fast and not shared:
-                    dispatch_unique(loop, raw, ready)
+                    dispatch_unique(unique_state, loop, raw, ready)
                 else:
                     io.dispatch_merged(self, raw, ready)
             if sigq:

@@ -70,6 +70,10 @@ Py_ssize_t metalio_gather_write(int fd, PyObject *seq);
 PyObject *metalio_dispatch_unique(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char metalio_dispatch_unique_doc[];
 
+/* epoch.advance() for the module's EpochCore (one add, no call), any other
+ * object's advance() method, nothing for None; 0, or -1 with an exception. */
+int metalio_epoch_advance(PyObject *module, PyObject *epoch);
+
 /* The module's state: its two heap types. */
 typedef struct {
     PyObject *stream_type; /* StreamCore */

@@ -7,7 +7,8 @@
  * the readiness table come from the dispatch index's two lists, a mask above
  * closing_above reports a closing bit (closing_event(fd)), and the event
  * becomes ready(loop, token, table[mask]), or internal(token) for a
- * reserved (negative) token.
+ * reserved (negative) token.  First of all the readiness epoch, if there is
+ * one, advances (metalio._readiness).
  *
  * When a call raises, the event being handled counts as delivered: the
  * function calls keep_after(raw, fd) with the exception set aside, then
@@ -113,18 +114,17 @@ keep_rest(PyObject *keep_after, PyObject *raw, long fd)
     restore(&pending);
 }
 
-/* The dispatcher's own arguments, fixed for its lifetime, in one tuple:
- * functools.partial then adds only one argument to the call's three, which
- * it passes on the stack (more would make it allocate an array per call). */
+/* The dispatcher's own arguments, fixed for its lifetime, in one tuple that
+ * the loop passes first (IoDispatcher.dispatch_unique is the pair). */
 enum { FIX_TOKENS, FIX_TABLES, FIX_CLOSING_ABOVE, FIX_INTERNAL, FIX_CLOSING_EVENT,
-       FIX_KEEP_AFTER, FIX_COUNT };
+       FIX_KEEP_AFTER, FIX_EPOCH, FIX_COUNT };
 
 const char metalio_dispatch_unique_doc[] = PyDoc_STR(
 "dispatch_unique(fixed, loop, raw, ready, /)\n--\n\n"
 "The loop's I/O phase for a batch whose fds are unique and whose tokens are\n"
 "not shared: the C version of IoDispatcher._dispatch_unique.  fixed is the\n"
 "dispatcher's (tokens, tables, closing_above, internal, closing_event,\n"
-"keep_after), bound once with functools.partial.");
+"keep_after, epoch).");
 
 PyObject *
 metalio_dispatch_unique(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -170,6 +170,10 @@ metalio_dispatch_unique(PyObject *module, PyObject *const *args, Py_ssize_t narg
     }
     closing_above = PyLong_AsLongLong(PyTuple_GET_ITEM(fixed, FIX_CLOSING_ABOVE));
     if (closing_above == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    /* A wait returned events: no drained mark made before may match now. */
+    if (metalio_epoch_advance(module, PyTuple_GET_ITEM(fixed, FIX_EPOCH)) < 0) {
         return NULL;
     }
     /* The list is the backend's and no handler can reach it, but its size is

@@ -463,17 +463,43 @@ epoch_dealloc(PyObject *op)
  * never take the same value (an atomic add without the GIL; the GIL makes
  * the method atomic otherwise), and values are never reused, so a mark made
  * at a value another poller overwrote never matches again. */
-static PyObject *
-epoch_advance(PyObject *op, PyObject *Py_UNUSED(unused))
+static inline void
+advance(EpochCore *self)
 {
-    EpochCore *self = (EpochCore *)op;
 #ifdef Py_GIL_DISABLED
     unsigned long long value = __atomic_add_fetch(&self->taken, 1, __ATOMIC_RELAXED);
 #else
     unsigned long long value = ++self->taken;
 #endif
     METALIO_STORE_DOUBLE(&self->now, (double)value);
+}
+
+static PyObject *
+epoch_advance(PyObject *op, PyObject *Py_UNUSED(unused))
+{
+    advance((EpochCore *)op);
     Py_RETURN_NONE;
+}
+
+int
+metalio_epoch_advance(PyObject *module, PyObject *epoch)
+{
+    metalio_state *state;
+    PyObject *result;
+    if (epoch == Py_None) {
+        return 0;
+    }
+    state = (metalio_state *)PyModule_GetState(module);
+    if (state != NULL && PyObject_TypeCheck(epoch, (PyTypeObject *)state->epoch_type)) {
+        advance((EpochCore *)epoch);
+        return 0;
+    }
+    result = PyObject_CallMethod(epoch, "advance", NULL);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
 }
 
 static PyMethodDef epoch_methods[] = {

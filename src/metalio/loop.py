@@ -102,7 +102,9 @@ class EventLoop(LoopState):
             raise ValueError("the Poll is closed")
         try:
             registry = poll.registry
-            self._io = IoDispatcher(registry, self._internal, poll.tracking.enabled)
+            tracking = poll.tracking
+            epoch = tracking.epoch if tracking.enabled else None
+            self._io = IoDispatcher(registry, self._internal, epoch)
             self._channel = _Notify(registry, config.notify_capacity)
         except BaseException:
             poll.close()
@@ -110,8 +112,6 @@ class EventLoop(LoopState):
         self._poll = poll
         self._registry = registry
         self._wait_native = poll.raw_poll
-        tracking = poll.tracking
-        self._epoch = tracking.epoch if tracking.enabled else None
         self._clock = config.clock
         # The loop's wake-up time is the wheel's ``soonest``, a lower bound on
         # the pending deadlines that set_timeout keeps (may be early, never
