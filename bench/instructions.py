@@ -10,8 +10,14 @@ instruction cost per iteration.  ``--tree DIR`` measures another metalio
 tree (e.g. a git worktree of an older commit) the same way, so two versions
 compare in one run.
 
+``--echo`` counts a real round trip instead: an ``EventLoop`` on epoll
+echoing 1 KiB over a Unix socket pair, the peer's write and read done in
+the handler's ``tick``, for the two handler styles of ``bench/echo``
+(``user``: drain until ``None``; ``tuned``: one read per event).  ``--pure``
+runs every case with ``METALIO_PURE_PYTHON=1``.
+
 Usage: python bench/instructions.py [--iterations 20000] [--events 1,10]
-       [--tree DIR ...]
+       [--echo] [--pure] [--tree DIR ...]
 """
 
 from __future__ import annotations
@@ -69,10 +75,59 @@ if ITER:
 """
 
 
-def instructions(src: Path, iterations: int, events: int) -> int:
+ECHO_CASE = r"""
+import os, sys
+sys.path.insert(0, {src!r})
+from metalio import EventLoop, Handler, Interest, PollOpt
+from metalio.net import UnixStream
+
+ITER, STYLE = {iterations}, {style!r}
+a, b = UnixStream.pair()
+msg = b"x" * 1024
+peer = b.fileno()
+
+class Echo(Handler):
+    n = 0
+    def ready(self, loop, token, ready):
+        if STYLE == "user":
+            while True:
+                data = a.try_read(65536)
+                if data is None:
+                    break
+                a.try_write(data)
+        elif ready.readable:
+            data = a.try_read(65536)
+            if data:
+                a.try_write(data)
+    def tick(self, loop):
+        try:
+            os.read(peer, 65536)
+        except BlockingIOError:
+            pass
+        self.n += 1
+        if self.n > ITER:
+            loop.shutdown()
+        else:
+            os.write(peer, msg)
+
+loop = EventLoop()
+loop.register(a, 1, Interest.READABLE | Interest.WRITABLE, PollOpt.EDGE)
+loop.run(Echo())
+"""
+
+
+def instructions(
+    src: Path, iterations: int, events: int, style: str = "", pure: bool = False
+) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(CASE.format(src=str(src), iterations=iterations, events=events))
+        if style:
+            f.write(ECHO_CASE.format(src=str(src), iterations=iterations, style=style))
+        else:
+            f.write(CASE.format(src=str(src), iterations=iterations, events=events))
         script = f.name
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if pure:
+        env["METALIO_PURE_PYTHON"] = "1"
     try:
         out = subprocess.run(
             [
@@ -85,7 +140,7 @@ def instructions(src: Path, iterations: int, events: int) -> int:
             capture_output=True,
             text=True,
             check=True,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            env=env,
         )
     finally:
         os.unlink(script)
@@ -99,15 +154,27 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--events", default="1,10")
     ap.add_argument("--tree", action="append", default=[], help="another metalio tree")
+    ap.add_argument("--echo", action="store_true", help="count 1 KiB echo round trips instead")
+    ap.add_argument("--pure", action="store_true", help="METALIO_PURE_PYTHON=1 for every case")
     args = ap.parse_args(argv)
     trees = [ROOT, *map(Path, args.tree)]
+    if args.echo:
+        print(f"instructions per 1 KiB echo round trip (callgrind), {args.iterations} round trips")
+        print("| tree | handler | instructions/round trip |")
+        print("|---|---|---:|")
+        for style in ("user", "tuned"):
+            for tree in trees:
+                base = instructions(tree / "src", 0, 0, style, args.pure)
+                full = instructions(tree / "src", args.iterations, 0, style, args.pure)
+                print(f"| {tree} | {style} | {(full - base) / args.iterations:,.0f} |")
+        return 0
     print(f"instructions per loop iteration (callgrind), {args.iterations} iterations")
     print("| tree | events/iteration | instructions/iteration | per event |")
     print("|---|---:|---:|---:|")
     for events in map(int, args.events.split(",")):
         for tree in trees:
-            base = instructions(tree / "src", 0, events)
-            full = instructions(tree / "src", args.iterations, events)
+            base = instructions(tree / "src", 0, events, pure=args.pure)
+            full = instructions(tree / "src", args.iterations, events, pure=args.pure)
             per = (full - base) / args.iterations
             print(f"| {tree} | {events} | {per:,.0f} | {per / events:,.0f} |")
     return 0
