@@ -16,7 +16,10 @@ import errno
 import gc
 import math
 import os
+import select
+import socket
 import sys
+import threading
 import tracemalloc
 import weakref
 from collections.abc import Iterator
@@ -63,8 +66,6 @@ def kind(request: pytest.FixtureRequest) -> type:
 @pytest.fixture
 def pair(kind: type) -> Iterator[tuple[Any, int]]:
     """A source on one end of a Unix socket pair, and the peer's raw descriptor."""
-    import socket
-
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
@@ -361,3 +362,63 @@ def test_memory_stays_bounded_over_many_sources(kind: type) -> None:
     finally:
         tracemalloc.stop()
     assert second - first < 64 * 1024
+
+
+# -- the read buffers ---------------------------------------------------------------
+
+
+def test_reads_of_every_size_in_any_order(pair: tuple[Any, int]) -> None:
+    """C: small reads go through a per-thread scratch buffer, bulk ones through an
+    allocation sized to the request, chosen by the previous read's size."""
+    source, peer = pair
+    sock = socket.socket(fileno=os.dup(peer))
+    sock.setblocking(True)
+    try:
+        for size, ask in [(10, 100), (70000, 65536), (5000, 65536), (3, 65536), (200000, 1 << 20)]:
+            payload = os.urandom(size)
+            sender = threading.Thread(target=sock.sendall, args=(payload,))
+            sender.start()
+            got = bytearray()
+            while len(got) < size:
+                chunk = source.try_read(ask)
+                if chunk is None:
+                    select.select([source._fd], [], [], 5)
+                    continue
+                assert 0 < len(chunk) <= ask
+                got += chunk
+            sender.join(10)
+            assert bytes(got) == payload
+    finally:
+        sock.close()
+
+
+def test_threads_reading_at_once_get_their_own_data(kind: type) -> None:
+    results: dict[int, bytes] = {}
+    pairs = [socket.socketpair() for _ in range(4)]
+
+    def reader(i: int) -> None:
+        a, b = pairs[i]
+        a.setblocking(False)
+        source = kind()
+        _fdio.init_state(source, a.fileno())
+        chunks = []
+        expected = bytes([i]) * 3000
+        for _ in range(200):
+            b.sendall(expected)
+            got = b""
+            while len(got) < len(expected):
+                chunk = source.try_read(65536)
+                if chunk is not None:
+                    got += chunk
+            chunks.append(got == expected)
+        results[i] = bytes(chunks)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for a, b in pairs:
+        a.close()
+        b.close()
+    assert results == {i: bytes([1]) * 200 for i in range(4)}

@@ -243,8 +243,11 @@ metalio_dispatch_unique(PyObject *module, PyObject *const *args, Py_ssize_t narg
                 result = NULL;
             }
             else {
-                PyObject *call[3] = {loop, token, ready};
-                result = PyObject_Vectorcall(ready_call, call, 3, NULL);
+                /* The spare first slot lets a bound method put its self
+                 * there instead of copying the arguments. */
+                PyObject *call[4] = {NULL, loop, token, ready};
+                result = PyObject_Vectorcall(ready_call, call + 1,
+                                             3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
                 Py_DECREF(ready);
             }
         }
