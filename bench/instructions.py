@@ -13,7 +13,9 @@ compare in one run.
 ``--echo`` counts a real round trip instead: an ``EventLoop`` on epoll
 echoing 1 KiB over a Unix socket pair, the peer's write and read done in
 the handler's ``tick``, for the two handler styles of ``bench/echo``
-(``user``: drain until ``None``; ``tuned``: one read per event).  ``--pure``
+(``user``: drain until ``None``; ``tuned``: one read per event), and the
+same round trip through a raw ``Poll`` (write, ``poll(0)``, read, write
+back, as ``bench/echo``'s raw-Poll server).  ``--pure``
 runs every case with ``METALIO_PURE_PYTHON=1``.
 
 Usage: python bench/instructions.py [--iterations 20000] [--events 1,10]
@@ -116,11 +118,38 @@ loop.run(Echo())
 """
 
 
+POLL_CASE = r"""
+import os, sys
+sys.path.insert(0, {src!r})
+from metalio import Events, Interest, Poll, PollOpt
+from metalio.net import UnixStream
+
+ITER = {iterations}
+a, b = UnixStream.pair()
+poll = Poll()
+poll.registry.register(a, 1, Interest.READABLE | Interest.WRITABLE, PollOpt.EDGE)
+events = Events(64)
+poll.poll(events, 0)
+msg = b"x" * 1024
+peer = b.fileno()
+for _ in range(ITER):
+    os.write(peer, msg)
+    poll.poll(events, 0)
+    for event in events:
+        data = a.try_read(65536)
+        if data:
+            a.try_write(data)
+    os.read(peer, 65536)
+"""
+
+
 def instructions(
     src: Path, iterations: int, events: int, style: str = "", pure: bool = False
 ) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        if style:
+        if style == "raw Poll":
+            f.write(POLL_CASE.format(src=str(src), iterations=iterations))
+        elif style:
             f.write(ECHO_CASE.format(src=str(src), iterations=iterations, style=style))
         else:
             f.write(CASE.format(src=str(src), iterations=iterations, events=events))
@@ -162,7 +191,7 @@ def main(argv: list[str]) -> int:
         print(f"instructions per 1 KiB echo round trip (callgrind), {args.iterations} round trips")
         print("| tree | handler | instructions/round trip |")
         print("|---|---|---:|")
-        for style in ("user", "tuned"):
+        for style in ("user", "tuned", "raw Poll"):
             for tree in trees:
                 base = instructions(tree / "src", 0, 0, style, args.pure)
                 full = instructions(tree / "src", args.iterations, 0, style, args.pure)
