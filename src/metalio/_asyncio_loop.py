@@ -73,6 +73,8 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from .handler import bind
+
 if TYPE_CHECKING:
     from .loop import EventLoop, Handler
     from .timer import Timeout
@@ -139,11 +141,12 @@ def _iteration(loop: EventLoop, handler: Handler) -> Callable[[], float]:
       re-checked; ``0.0`` if a message had arrived).
 
     One Python call per iteration: this is the hot path of every wake-up.
-    Needs ``_iterate(handler, once, limit)``, ``_running``, ``_channel``
+    Needs ``_iterate(handler, once, limit, calls)``, ``_running``, ``_channel``
     (``queue``, ``sleeping``, ``before_sleep()``), ``_sigq``, ``_due``,
     ``_io.leftover``, ``_timer`` (``Timer.soonest``) and ``_clock``.
     """
     iterate = loop._iterate
+    calls = bind(handler)  # once per run: handlers' methods are looked up when it starts
     channel = loop._channel
     inbox = channel.queue
     before_sleep = channel.before_sleep
@@ -155,7 +158,7 @@ def _iteration(loop: EventLoop, handler: Handler) -> Callable[[], float]:
 
     def iteration() -> float:
         channel.sleeping = False
-        iterate(handler, True, 0.0)
+        iterate(handler, True, 0.0, calls)
         if not loop._running:
             return _STOPPED
         if inbox or sigq or due or io.leftover is not None:

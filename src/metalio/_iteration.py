@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ._backends import MAX_TIMEOUT
 from ._flags import NOTIFY_TOKEN, SIGNAL_TOKEN
-from .handler import Handler, bind, override
+from .handler import Calls, Handler, bind, override
 
 if TYPE_CHECKING:
     from ._io_dispatch import IoDispatcher
@@ -77,7 +77,9 @@ class LoopState:
     _timer: Timer
     _wait_native: Callable[[float | None, int], list[tuple[int, int]]]
 
-    def _iterate(self, handler: Handler, once: bool, limit: float | None) -> None:
+    def _iterate(
+        self, handler: Handler, once: bool, limit: float | None, calls: Calls | None = None
+    ) -> None:
         """The loop itself: the phases of the module docstring, in order.
 
         The wait is written out here rather than behind a call of its own:
@@ -85,7 +87,10 @@ class LoopState:
         is a large part of the loop's own cost per iteration
         (``bench/instructions.py`` counts it).
         """
-        ready, notify, on_timeout, tick = bind(handler)
+        # *calls*: the handler's methods, bound already by a caller that runs
+        # many single iterations (run_async); binding costs about as much as
+        # a whole iteration's own work.
+        ready, notify, on_timeout, tick = bind(handler) if calls is None else calls
         loop: Any = self  # what the handler's methods receive: the EventLoop
         channel = self._channel
         inbox = channel.queue

@@ -69,6 +69,11 @@ class Calls(NamedTuple):
     tick: Callable[[EventLoop], None] | None
 
 
+# A NamedTuple's own constructor is a Python function; run_once binds on
+# every call, so the tuple is built directly.
+_new_calls: Final = tuple.__new__
+
+
 def override(handler: object, name: str) -> Any:
     """*handler*'s bound method *name*, or ``None`` when it is ``Handler``'s no-op or absent."""
     method = getattr(handler, name, None)
@@ -106,7 +111,7 @@ def bind(handler: object) -> Calls:
         timeout = _ignore_timeout
     if getattr(tick, "__func__", None) is _BASE_TICK:
         tick = None
-    return Calls(ready, notify, timeout, tick)
+    return _new_calls(Calls, (ready, notify, timeout, tick))
 
 
 _BASE_READY: Final = Handler.ready
