@@ -56,11 +56,11 @@ class IoDispatcher:
 
     __slots__ = (
         "_epoch",
-        "_index",
         "_internal",
         "_row",
         "closing_above",
         "dispatch_unique",
+        "index",
         "leftover",
         "unique_fds",
     )
@@ -70,7 +70,8 @@ class IoDispatcher:
     ) -> None:
         """*epoch*: the Poll's readiness-tracking epoch, ``None`` while tracking is off."""
         self._epoch = epoch
-        self._index = DispatchIndex(registry)
+        self.index = DispatchIndex(registry)
+        """The fd-indexed lists this dispatcher reads (read-only for others)."""
         self._row = registry.row
         self._internal = internal
         self.unique_fds = registry.facts.unique_fds
@@ -89,7 +90,7 @@ class IoDispatcher:
         if CORE is None:
             self.dispatch_unique = (IoDispatcher._dispatch_unique, self)
         else:
-            index = self._index
+            index = self.index
             fixed = (
                 index.tokens,
                 index.tables,
@@ -100,10 +101,6 @@ class IoDispatcher:
                 epoch,
             )
             self.dispatch_unique = (CORE.dispatch_unique, fixed)
-
-    @property
-    def index(self) -> DispatchIndex:
-        return self._index
 
     def closing_event(self, fd: int) -> None:
         """An event for *fd* carried a closing bit: readiness tracking off for its source."""
@@ -130,7 +127,7 @@ class IoDispatcher:
         epoch = self._epoch
         if epoch is not None:
             epoch.advance()
-        index = self._index
+        index = self.index
         tokens = index.tokens
         tables = index.tables
         closing_above = self.closing_above
