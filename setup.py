@@ -73,7 +73,9 @@ def _extensions() -> list[Extension]:
             sources=[
                 "src/metalio/_speedups.c",
                 "src/metalio/_speedups_stream.c",
+                "src/metalio/_speedups_stream_type.c",
                 "src/metalio/_speedups_dispatch.c",
+                "src/metalio/_speedups_epoch.c",
             ],
             depends=["src/metalio/_speedups.h"],
             extra_compile_args=flags,

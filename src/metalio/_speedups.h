@@ -1,9 +1,11 @@
-/* What the two halves of metalio._speedups share.
+/* What the parts of metalio._speedups share.
  *
  * _speedups.c owns the system calls (one loop each, EINTR and errno handled
- * once) and the module; _speedups_stream.c owns the stream source base type
- * whose try_* methods call them and keep readiness tracking.  Nothing here
- * is visible to Python.
+ * once) and the module; _speedups_stream_type.c the stream source base type
+ * and the module's state; _speedups_stream.c its try_* calls, which keep
+ * readiness tracking; _speedups_epoch.c the readiness epoch;
+ * _speedups_dispatch.c the event loop's I/O phase.  Nothing here is visible
+ * to Python.
  */
 #ifndef METALIO_SPEEDUPS_H
 #define METALIO_SPEEDUPS_H
@@ -69,6 +71,35 @@ Py_ssize_t metalio_gather_write(int fd, PyObject *seq);
 /* The loop's I/O phase for unique fds (_speedups_dispatch.c). */
 PyObject *metalio_dispatch_unique(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 extern const char metalio_dispatch_unique_doc[];
+
+/* The C layout of metalio._fdio.FdState: the base of every source type
+ * (_speedups_stream_type.c), whose four stream calls are
+ * _speedups_stream.c's. */
+typedef struct {
+    PyObject_HEAD
+    int fd;            /* -1 once closed: the kernel then answers EBADF */
+    int polls;         /* how many Polls the source is registered with */
+    PyObject *rearm;   /* None, or the hook an emulating backend set */
+    PyObject *epoch;   /* None (untracked), or the tracking Poll's epoch */
+    double rmark;      /* the epoch at which reading was seen drained */
+    double wmark;      /* the epoch at which writing was seen drained */
+    Py_ssize_t last_read; /* bytes the last try_read returned: picks its buffer */
+} StreamCore;
+
+/* The stream calls, made into method descriptors of StreamCore by the type's
+ * module part (NULL-terminated). */
+extern PyMethodDef metalio_stream_calls[];
+
+/* The C layout of metalio._readiness.Epoch (_speedups_epoch.c): the stream
+ * calls read ``now`` straight from it. */
+typedef struct {
+    PyObject_HEAD
+    double now;              /* changes whenever a wait of the tracking Poll returns */
+    unsigned long long taken; /* the last value advance() took */
+} EpochCore;
+
+/* Creates EpochCore, adds it to the module and stores it in *slot*. */
+int metalio_epoch_exec(PyObject *module, PyObject **slot);
 
 /* epoch.advance() for the module's EpochCore (one add, no call), any other
  * object's advance() method, nothing for None; 0, or -1 with an exception. */

@@ -1,9 +1,8 @@
-/* metalio._speedups, the stream half: the source base type and its try_* calls.
+/* metalio._speedups, the stream half: the try_* calls of the source base type.
  *
- * Owns: StreamCore, the C layout of the slots metalio._fdio.FdState names
- * (_fd, _rearm, _epoch, _rmark, _wmark, _polls), and EpochCore, the C
- * version of metalio._readiness.Epoch (now, advance()).  The four stream calls,
- * try_read, try_read_into, try_write and try_writev, are exported as method
+ * Owns: the four stream calls, try_read, try_read_into, try_write and
+ * try_writev, on StreamCore's slots (the type is _speedups_stream_type.c's,
+ * the epoch _speedups_epoch.c's).  They are exported as method
  * descriptors of StreamCore rather than put in its type: the stream classes
  * bind them by name (try_read = _speedups.try_read), exactly as the
  * pure-Python classes bind metalio._fdio.fd_try_read, so a datagram socket
@@ -23,26 +22,6 @@
 
 #include "_speedups.h"
 
-#include <stddef.h>
-
-#if PY_VERSION_HEX < 0x030C0000
-#include <structmember.h>
-#define Py_T_INT T_INT
-#define Py_T_DOUBLE T_DOUBLE
-#define Py_T_OBJECT_EX T_OBJECT_EX
-#endif
-
-typedef struct {
-    PyObject_HEAD
-    int fd;            /* -1 once closed: the kernel then answers EBADF */
-    int polls;         /* how many Polls the source is registered with */
-    PyObject *rearm;   /* None, or the hook an emulating backend set */
-    PyObject *epoch;   /* None (untracked), or the tracking Poll's epoch */
-    double rmark;      /* the epoch at which reading was seen drained */
-    double wmark;      /* the epoch at which writing was seen drained */
-    Py_ssize_t last_read; /* bytes the last try_read returned: picks its buffer */
-} StreamCore;
-
 /* try_read's two ways to fill a bytes object.  Allocating the n bytes asked
  * for and shrinking the object to what came costs two trips through the
  * allocator whatever the size; reading into a per-thread scratch buffer and
@@ -56,11 +35,6 @@ typedef struct {
 #define METALIO_SMALL_READ ((Py_ssize_t)4096)
 static _Thread_local char scratch[METALIO_SCRATCH_SIZE];
 
-typedef struct {
-    PyObject_HEAD
-    double now;              /* changes whenever a wait of the tracking Poll returns */
-    unsigned long long taken; /* the last value advance() took */
-} EpochCore;
 
 /* The direction bits, as metalio._fdio.READ and WRITE. */
 #define DIRECTION_READ 1
@@ -367,7 +341,7 @@ stream_try_writev(PyObject *op, PyTypeObject *defining_class, PyObject *const *a
 
 #define STREAM_CALL (METH_METHOD | METH_FASTCALL | METH_KEYWORDS)
 
-static PyMethodDef stream_calls[] = {
+PyMethodDef metalio_stream_calls[] = {
     {"try_read", (PyCFunction)(void (*)(void))stream_try_read, STREAM_CALL,
      PyDoc_STR("try_read(n=65536)\n--\n\n"
                "Read at most n bytes: data, b'' at end of stream, None if none yet\n"
@@ -385,242 +359,3 @@ static PyMethodDef stream_calls[] = {
                "taken, None if none.  At most IOV_MAX buffers go in one call.")},
     {NULL, NULL, 0, NULL},
 };
-
-/* ---- StreamCore ---------------------------------------------------------- */
-
-static PyObject *
-stream_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
-{
-    StreamCore *self = (StreamCore *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->fd = -1;
-    self->polls = 0;
-    self->rearm = Py_NewRef(Py_None);
-    self->epoch = Py_NewRef(Py_None);
-    self->rmark = self->wmark = -1.0;
-    self->last_read = 0;
-    return (PyObject *)self;
-}
-
-static int
-stream_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    StreamCore *self = (StreamCore *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(self->rearm);
-    Py_VISIT(self->epoch);
-    return 0;
-}
-
-static int
-stream_clear(PyObject *op)
-{
-    StreamCore *self = (StreamCore *)op;
-    Py_CLEAR(self->rearm);
-    Py_CLEAR(self->epoch);
-    return 0;
-}
-
-static void
-stream_dealloc(PyObject *op)
-{
-    PyTypeObject *type = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    (void)stream_clear(op);
-    type->tp_free(op);
-    Py_DECREF(type);
-}
-
-static PyMemberDef stream_members[] = {
-    {"_fd", Py_T_INT, offsetof(StreamCore, fd), 0, PyDoc_STR("the descriptor, -1 once closed")},
-    {"_polls", Py_T_INT, offsetof(StreamCore, polls), 0,
-     PyDoc_STR("how many Polls the source is registered with")},
-    {"_rearm", Py_T_OBJECT_EX, offsetof(StreamCore, rearm), 0,
-     PyDoc_STR("the emulating backend's re-arm hook, or None")},
-    {"_epoch", Py_T_OBJECT_EX, offsetof(StreamCore, epoch), 0,
-     PyDoc_STR("the tracking Poll's epoch, or None while untracked")},
-    {"_rmark", Py_T_DOUBLE, offsetof(StreamCore, rmark), 0,
-     PyDoc_STR("the epoch at which reading was seen drained")},
-    {"_wmark", Py_T_DOUBLE, offsetof(StreamCore, wmark), 0,
-     PyDoc_STR("the epoch at which writing was seen drained")},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyType_Slot stream_slots[] = {
-    {Py_tp_doc, (void *)PyDoc_STR("The C layout of metalio._fdio.FdState: the base of every "
-                                  "metalio source when the C core is in use.")},
-    {Py_tp_new, (void *)stream_new},
-    {Py_tp_dealloc, (void *)stream_dealloc},
-    {Py_tp_traverse, (void *)stream_traverse},
-    {Py_tp_clear, (void *)stream_clear},
-    {Py_tp_members, (void *)stream_members},
-    {0, NULL},
-};
-
-static PyType_Spec stream_spec = {
-    "metalio._speedups.StreamCore",
-    (int)sizeof(StreamCore),
-    0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    stream_slots,
-};
-
-/* ---- EpochCore ----------------------------------------------------------- */
-
-static PyObject *
-epoch_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
-{
-    EpochCore *self = (EpochCore *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->now = 0.0;
-    self->taken = 0;
-    return (PyObject *)self;
-}
-
-static void
-epoch_dealloc(PyObject *op)
-{
-    PyTypeObject *type = Py_TYPE(op);
-    type->tp_free(op);
-    Py_DECREF(type);
-}
-
-/* Epoch.advance: take the next value and make it the epoch.  Two pollers
- * never take the same value (an atomic add without the GIL; the GIL makes
- * the method atomic otherwise), and values are never reused, so a mark made
- * at a value another poller overwrote never matches again. */
-static inline void
-advance(EpochCore *self)
-{
-#ifdef Py_GIL_DISABLED
-    unsigned long long value = __atomic_add_fetch(&self->taken, 1, __ATOMIC_RELAXED);
-#else
-    unsigned long long value = ++self->taken;
-#endif
-    METALIO_STORE_DOUBLE(&self->now, (double)value);
-}
-
-static PyObject *
-epoch_advance(PyObject *op, PyObject *Py_UNUSED(unused))
-{
-    advance((EpochCore *)op);
-    Py_RETURN_NONE;
-}
-
-int
-metalio_epoch_advance(PyObject *module, PyObject *epoch)
-{
-    metalio_state *state;
-    PyObject *result;
-    if (epoch == Py_None) {
-        return 0;
-    }
-    state = (metalio_state *)PyModule_GetState(module);
-    if (state != NULL && PyObject_TypeCheck(epoch, (PyTypeObject *)state->epoch_type)) {
-        advance((EpochCore *)epoch);
-        return 0;
-    }
-    result = PyObject_CallMethod(epoch, "advance", NULL);
-    if (result == NULL) {
-        return -1;
-    }
-    Py_DECREF(result);
-    return 0;
-}
-
-static PyMethodDef epoch_methods[] = {
-    {"advance", (PyCFunction)epoch_advance, METH_NOARGS,
-     PyDoc_STR("advance()\n--\n\nA wait returned: no mark made before now can match any more.")},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyMemberDef epoch_members[] = {
-    {"now", Py_T_DOUBLE, offsetof(EpochCore, now), 0,
-     PyDoc_STR("the value marks are compared with")},
-    {NULL, 0, 0, 0, NULL},
-};
-
-static PyType_Slot epoch_slots[] = {
-    {Py_tp_doc, (void *)PyDoc_STR("The C layout of metalio._readiness.Epoch.")},
-    {Py_tp_new, (void *)epoch_new},
-    {Py_tp_dealloc, (void *)epoch_dealloc},
-    {Py_tp_members, (void *)epoch_members},
-    {Py_tp_methods, (void *)epoch_methods},
-    {0, NULL},
-};
-
-static PyType_Spec epoch_spec = {
-    "metalio._speedups.EpochCore",
-    (int)sizeof(EpochCore),
-    0,
-    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    epoch_slots,
-};
-
-/* ---- the module's part ----------------------------------------------------- */
-
-int
-metalio_state_traverse(PyObject *module, visitproc visit, void *arg)
-{
-    metalio_state *state = (metalio_state *)PyModule_GetState(module);
-    if (state != NULL) {
-        Py_VISIT(state->stream_type);
-        Py_VISIT(state->epoch_type);
-    }
-    return 0;
-}
-
-int
-metalio_state_clear(PyObject *module)
-{
-    metalio_state *state = (metalio_state *)PyModule_GetState(module);
-    if (state != NULL) {
-        Py_CLEAR(state->stream_type);
-        Py_CLEAR(state->epoch_type);
-    }
-    return 0;
-}
-
-void
-metalio_state_free(void *module)
-{
-    (void)metalio_state_clear((PyObject *)module);
-}
-
-static int
-add_type(PyObject *module, const char *name, PyType_Spec *spec, PyObject **slot)
-{
-    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
-    if (type == NULL) {
-        return -1;
-    }
-    *slot = type; /* the state's reference */
-    return PyModule_AddObjectRef(module, name, type); /* the module takes its own */
-}
-
-int
-metalio_stream_exec(PyObject *module)
-{
-    metalio_state *state = (metalio_state *)PyModule_GetState(module);
-    PyMethodDef *def;
-    if (add_type(module, "StreamCore", &stream_spec, &state->stream_type) < 0 ||
-        add_type(module, "EpochCore", &epoch_spec, &state->epoch_type) < 0) {
-        return -1;
-    }
-    for (def = stream_calls; def->ml_name != NULL; def++) {
-        PyObject *descriptor = PyDescr_NewMethod((PyTypeObject *)state->stream_type, def);
-        if (descriptor == NULL) {
-            return -1;
-        }
-        if (PyModule_AddObjectRef(module, def->ml_name, descriptor) < 0) {
-            Py_DECREF(descriptor);
-            return -1;
-        }
-        Py_DECREF(descriptor);
-    }
-    return 0;
-}
