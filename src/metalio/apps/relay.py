@@ -3,7 +3,9 @@
 This module owns the relay's policy: two connections to Redis and their life
 cycle, publishing through a bounded buffer, reading the subscription,
 pausing it, losing Redis and reconnecting.  The wire formats and the single
-connection are :mod:`metalio.apps.resp`'s.  It knows nothing of the
+connection are :mod:`metalio.apps.resp`'s and :mod:`metalio.apps.redis_conn`'s;
+what arrives on the subscription (other nodes' chunks, their sequence gaps)
+is :mod:`metalio.apps.relay_inbound`'s.  It knows nothing of the
 broadcast server's clients: a server hands two tokens and the relay's timers
 to a :class:`Relay` and gets other nodes' chunks back through a callback.
 ``docs/relay.md`` has the guarantees and the envelope.
@@ -45,10 +47,11 @@ import random
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from . import resp
 from .redis_conn import Connection
+from .relay_inbound import Inbound
 from .resp import UP, ConnectionLost, ReplyError, short
 
 if TYPE_CHECKING:
@@ -64,8 +67,6 @@ DEFAULT_MAX_PENDING: Final = 4 << 20
 """Bytes of unsent ``PUBLISH`` commands held before chunks are dropped (4 MiB)."""
 
 _READ_SIZE: Final = 1 << 16
-_SEEN_NODES: Final = 4096  # remote nodes whose sequence numbers are tracked
-_GAP_LOG_EVERY: Final = 10.0  # seconds between WARNING lines about gaps
 _REASONS: Final = 8  # distinct failure reasons logged loudly per outage; the rest at DEBUG
 _WRITABLE: Final = 2
 _READ_ANY: Final = 1 | 8 | 16  # READABLE | ERROR | READ_CLOSED
@@ -154,7 +155,6 @@ class Relay:
         self.node_id = node_id
         self.stats = RelayStats()
         self._loop = loop
-        self._on_message = on_message
         self._on_loss = on_loss
         self._log = logger or logging.getLogger("metalio.relay")
         self._pub = Connection("publish", tokens[0])
@@ -171,15 +171,13 @@ class Relay:
         self._subscribe = resp.command("SUBSCRIBE", self._channel)
         self._overhead = len(self._prefix) + len(self._header) + 16 + 16
         self._seq = 0
-        self._seen: dict[bytes, int] = {}
-        self._names: dict[bytes, str] = {}
+        self._inbound = Inbound(self._node, self.stats, self._log, on_message, on_loss)
         self._random = random.Random()
         self._up = self._closed = self._paused = self._ever_up = False
-        self._overflowing = self._foreign_logged = self._publish_error_logged = False
+        self._overflowing = self._publish_error_logged = False
         self._down_since: float | None = None
         self._dropped_at_loss = 0
         self._reasons: set[str] = set()  # logged loudly during this outage
-        self._gap_logged_at = -_GAP_LOG_EVERY
         self._timers: dict[str, tuple[_Timer, Timeout]] = {}
         self._failure: str | None = None  # found where failing at once would re-enter
         self._where = self.url.redacted()
@@ -349,7 +347,7 @@ class Relay:
         self._delay = self._backoff[0]
         self._reasons.clear()
         self._cancel_timer("deadline")
-        self._seen.clear()  # a gap across our own outage was reported as the loss
+        self._inbound.forget_sequences()  # a gap across our own outage was reported as the loss
         if not self._ever_up:
             self._ever_up = True
             self._log.info("relay: up on %s (attempt %d)", self._where, self.stats.attempts)
@@ -413,7 +411,7 @@ class Relay:
                     if self._pub.up and self._sub.up:
                         self._became_up()
                 elif sub:
-                    self._subscribed(reply)
+                    self._inbound.push(reply)
                 elif isinstance(reply, ReplyError):
                     self.stats.publish_errors += 1
                     if not self._publish_error_logged:
@@ -429,55 +427,6 @@ class Relay:
                 self._more.add(link)
                 self._set_timer("continue", 0)
             raise
-
-    def _subscribed(self, reply: Any) -> None:
-        """One push on the subscribed connection.
-
-        :raises ConnectionLost: it is not a pub/sub push.
-        """
-        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"):
-            if isinstance(reply, list) and reply[:1] in ([b"subscribe"], [b"pong"]):
-                return
-            raise ConnectionLost(f"unexpected push on the subscribed connection: {short(reply)}")
-        payload = reply[2]
-        parsed = resp.decode_envelope(payload) if isinstance(payload, bytes) else None
-        if parsed is None:
-            self.stats.foreign += 1
-            if not self._foreign_logged:
-                self._foreign_logged = True
-                self._log.warning(
-                    "relay: ignoring a message that is not a metalio relay message (%s); "
-                    "further ones are counted, not logged",
-                    short(payload),
-                )
-            return
-        node, client_id, seq, data = parsed
-        if node == self._node:
-            self.stats.own += 1
-            return
-        name = self._names.get(node)
-        if name is None:
-            if len(self._names) >= _SEEN_NODES:  # many nodes came and went: start afresh
-                self._names.clear()
-                self._seen.clear()
-            name = self._names[node] = node.decode(errors="replace")
-        last = self._seen.get(node)
-        self._seen[node] = seq
-        if last is not None and seq > last + 1:
-            self._gap(name, seq - last - 1)
-        self.stats.received += 1
-        self._on_message(name, client_id, data)
-
-    def _gap(self, name: str, missed: int) -> None:
-        self.stats.missed += missed
-        now = time.monotonic()
-        level = logging.DEBUG
-        if now - self._gap_logged_at >= _GAP_LOG_EVERY:
-            self._gap_logged_at = now
-            level = logging.WARNING
-        self._log.log(level, "relay: %d chunks of node %s missed on the way", missed, name)
-        if self._on_loss is not None:
-            self._on_loss(f"{missed} chunks of node {name} missed")
 
     # -- timers -----------------------------------------------------------------
 
