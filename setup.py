@@ -74,7 +74,6 @@ def _extensions() -> list[Extension]:
                 "src/metalio/_speedups.c",
                 "src/metalio/_speedups_stream.c",
                 "src/metalio/_speedups_stream_type.c",
-                "src/metalio/_speedups_dispatch.c",
                 "src/metalio/_speedups_epoch.c",
             ],
             depends=["src/metalio/_speedups.h"],

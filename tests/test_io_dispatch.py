@@ -1,11 +1,10 @@
-"""The loop's I/O phase for unique fds: the C core's ``dispatch_unique`` against the reference.
+"""The loop's I/O phase for unique fds: ``IoDispatcher.dispatch_unique``.
 
 Each test builds an ``IoDispatcher`` over a real registry and drives its
-``dispatch_unique`` with hand-made batches, once with the C function (skipped
-where the extension is not built) and once with the Python reference
-(``IoDispatcher._dispatch_unique``): the calls made, reserved tokens,
-unregistered fds, closing bits, odd batch types, and what a raising handler
-leaves for the next batch (API section 5: nothing lost, nothing twice).
+``dispatch_unique`` with hand-made batches: the calls made, reserved tokens,
+unregistered fds, closing bits, the readiness epoch, odd batch types, and
+what a raising handler leaves for the next batch (API section 5: nothing
+lost, nothing twice).
 """
 
 from __future__ import annotations
@@ -17,33 +16,20 @@ import pytest
 
 from metalio import Interest, Poll, PollOpt, Ready
 from metalio._io_dispatch import IoDispatcher
-from metalio._speedups_loader import CORE
 from metalio.net import UnixStream
 
 R = Interest.READABLE
 
 
 class Setup:
-    def __init__(self, poll: Poll, impl: str) -> None:
+    def __init__(self, poll: Poll) -> None:
         self.internal_calls: list[int] = []
         self.io = IoDispatcher(poll.registry, self.internal_calls.append, poll.tracking.epoch)
-        function, state = self.io.dispatch_unique
-        self.dispatch: Callable[[Any, Any, Any], None] = (
-            self.io._dispatch_unique
-            if impl == "python"
-            else lambda loop, raw, ready: function(state, loop, raw, ready)
-        )
+        self.dispatch: Callable[[Any, Any, Any], None] = self.io.dispatch_unique
         self.calls: list[tuple[Any, int, Ready]] = []
 
     def ready(self, loop: Any, token: int, ready: Ready) -> None:
         self.calls.append((loop, token, ready))
-
-
-@pytest.fixture(params=["c", "python"])
-def impl(request: pytest.FixtureRequest) -> str:
-    if request.param == "c" and CORE is None:
-        pytest.skip("metalio._speedups is not built")
-    return str(request.param)
 
 
 @pytest.fixture
@@ -67,18 +53,8 @@ def register_all(poll: Poll, streams: list[UnixStream]) -> list[int]:
     return [s.fileno() for s in streams]
 
 
-def test_the_c_function_is_in_use_with_the_core(poll: Poll) -> None:
-    io = IoDispatcher(poll.registry, lambda token: None, poll.tracking.epoch)
-    function, state = io.dispatch_unique
-    if CORE is None:
-        assert (function, state) == (IoDispatcher._dispatch_unique, io)
-    else:
-        assert function is CORE.dispatch_unique
-        assert state[-1] is poll.tracking.epoch
-
-
-def test_one_call_per_event_in_order(impl: str, poll: Poll, streams: list[UnixStream]) -> None:
-    setup = Setup(poll, impl)  # before the registrations: the index observes them
+def test_one_call_per_event_in_order(poll: Poll, streams: list[UnixStream]) -> None:
+    setup = Setup(poll)  # before the registrations: the index observes them
     fds = register_all(poll, streams)
     loop = object()
     setup.dispatch(loop, [(fds[2], 1), (fds[0], 1), (fds[1], 1)], setup.ready)
@@ -90,8 +66,8 @@ def test_one_call_per_event_in_order(impl: str, poll: Poll, streams: list[UnixSt
     assert setup.internal_calls == []
 
 
-def test_unregistered_and_unknown_fds(impl: str, poll: Poll, streams: list[UnixStream]) -> None:
-    setup = Setup(poll, impl)
+def test_unregistered_and_unknown_fds(poll: Poll, streams: list[UnixStream]) -> None:
+    setup = Setup(poll)
     fds = register_all(poll, streams)
     poll.registry.deregister(streams[1])  # its fd now holds UNREGISTERED
     setup.dispatch(None, [(fds[1], 1), (10**6, 1), (fds[0], 1)], setup.ready)
@@ -99,10 +75,8 @@ def test_unregistered_and_unknown_fds(impl: str, poll: Poll, streams: list[UnixS
     assert len(setup.internal_calls) == 1 and setup.internal_calls[0] < 0  # UNREGISTERED
 
 
-def test_a_closing_bit_switches_tracking_off_first(
-    impl: str, poll: Poll, streams: list[UnixStream]
-) -> None:
-    setup = Setup(poll, impl)  # before the registrations: the index observes them
+def test_a_closing_bit_switches_tracking_off_first(poll: Poll, streams: list[UnixStream]) -> None:
+    setup = Setup(poll)  # before the registrations: the index observes them
     fds = register_all(poll, streams)
     closing = setup.io.closing_above + 1
     assert streams[0]._epoch is not None
@@ -117,8 +91,8 @@ def test_a_closing_bit_switches_tracking_off_first(
     assert seen == [NEVER]
 
 
-def test_every_batch_advances_the_epoch(impl: str, poll: Poll, streams: list[UnixStream]) -> None:
-    setup = Setup(poll, impl)
+def test_every_batch_advances_the_epoch(poll: Poll, streams: list[UnixStream]) -> None:
+    setup = Setup(poll)
     fds = register_all(poll, streams)
     epoch = poll.tracking.epoch
     before = epoch.now
@@ -129,15 +103,12 @@ def test_every_batch_advances_the_epoch(impl: str, poll: Poll, streams: list[Uni
     assert streams[0]._rmark != epoch.now  # any batch makes every mark stale
     untracked = IoDispatcher(poll.registry, setup.internal_calls.append, None)
     now = epoch.now
-    function, state = untracked.dispatch_unique
-    function(state, None, [(fds[0], 1)], setup.ready)
+    untracked.dispatch_unique(None, [(fds[0], 1)], setup.ready)
     assert epoch.now == now
 
 
-def test_batches_that_are_not_lists_of_tuples(
-    impl: str, poll: Poll, streams: list[UnixStream]
-) -> None:
-    setup = Setup(poll, impl)  # before the registrations: the index observes them
+def test_batches_that_are_not_lists_of_tuples(poll: Poll, streams: list[UnixStream]) -> None:
+    setup = Setup(poll)  # before the registrations: the index observes them
     fds = register_all(poll, streams)
     setup.dispatch(None, ((fds[0], 1), [fds[1], 1]), setup.ready)
     assert [token for _, token, _ in setup.calls] == [10, 11]
@@ -149,9 +120,9 @@ def test_batches_that_are_not_lists_of_tuples(
 
 @pytest.mark.parametrize("failing", [0, 1, 2])
 def test_a_raising_handler_keeps_the_rest(
-    impl: str, poll: Poll, streams: list[UnixStream], failing: int
+    poll: Poll, streams: list[UnixStream], failing: int
 ) -> None:
-    setup = Setup(poll, impl)  # before the registrations: the index observes them
+    setup = Setup(poll)  # before the registrations: the index observes them
     fds = register_all(poll, streams)
     raw = [(fds[0], 1), (fds[1], 1), (fds[2], 1)]
 
@@ -167,13 +138,13 @@ def test_a_raising_handler_keeps_the_rest(
 
 
 def test_an_exception_of_keep_after_replaces_the_handlers(
-    impl: str, poll: Poll, streams: list[UnixStream], monkeypatch: pytest.MonkeyPatch
+    poll: Poll, streams: list[UnixStream], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken_keep_after(self: IoDispatcher, raw: Any, fd: int) -> None:
         raise LookupError("keep_after")
 
     monkeypatch.setattr(IoDispatcher, "keep_after", broken_keep_after)
-    setup = Setup(poll, impl)
+    setup = Setup(poll)
     fds = register_all(poll, streams)
 
     def ready(loop: Any, token: int, ready: Ready) -> None:
@@ -181,12 +152,3 @@ def test_an_exception_of_keep_after_replaces_the_handlers(
 
     with pytest.raises(LookupError):
         setup.dispatch(None, [(fds[0], 1)], ready)
-
-
-def test_the_c_function_refuses_a_wrong_setup() -> None:
-    if CORE is None:
-        pytest.skip("metalio._speedups is not built")
-    with pytest.raises(TypeError):
-        CORE.dispatch_unique((), None, [], print)  # not the dispatcher's tuple
-    with pytest.raises(TypeError):
-        CORE.dispatch_unique(None, [])

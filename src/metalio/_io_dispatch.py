@@ -12,9 +12,10 @@ The rules
 * ``ready(loop, token, ready)`` at most once per token per batch.  While no
   token is shared and the backend names each fd once per batch
   (``unique_fds``), every event is its own call, looked up in the index's
-  two lists (:attr:`IoDispatcher.dispatch_unique`: the C core's
-  ``dispatch_unique`` when it is in use, else the reference,
-  :meth:`IoDispatcher._dispatch_unique`).  Otherwise
+  two lists (:meth:`IoDispatcher.dispatch_unique`).  It stays Python with
+  the C core too: a C version counted fewer instructions but cost more user
+  CPU at small batches, where calling the handler from C is dearer than the
+  interpreter's own call (``bench/README.md``).  Otherwise
   :meth:`IoDispatcher.dispatch_merged` merges flags per token first.
 * Every batch first advances the readiness-tracking epoch, when there is
   one (``metalio._readiness``): a wait returned with events.  A wait that
@@ -40,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 from ._dispatch_index import DispatchIndex
 from ._flags import READY_VALUES, Ready
 from ._readiness import switch_off
-from ._speedups_loader import CORE
 
 if TYPE_CHECKING:
     from ._readiness import Epoch
@@ -59,7 +59,6 @@ class IoDispatcher:
         "_internal",
         "_row",
         "closing_above",
-        "dispatch_unique",
         "index",
         "leftover",
         "unique_fds",
@@ -83,24 +82,6 @@ class IoDispatcher:
         """A native mask above this carries a closing bit: call :meth:`closing_event`."""
         self.leftover: list[tuple[int, int]] | None = None
         """Events a handler exception left undelivered; dispatched before the next wait."""
-        self.dispatch_unique: tuple[Callable[[Any, Any, list[tuple[int, int]], Ready_], None], Any]
-        """``(function, state)``: the I/O phase while ``unique_fds`` and no token
-        is shared is ``function(state, loop, raw, ready)``.  A pair, not a bound
-        callable: the loop calls the function directly, one call per batch."""
-        if CORE is None:
-            self.dispatch_unique = (IoDispatcher._dispatch_unique, self)
-        else:
-            index = self.index
-            fixed = (
-                index.tokens,
-                index.tables,
-                self.closing_above,
-                internal,
-                self.closing_event,
-                self.keep_after,
-                epoch,
-            )
-            self.dispatch_unique = (CORE.dispatch_unique, fixed)
 
     def closing_event(self, fd: int) -> None:
         """An event for *fd* carried a closing bit: readiness tracking off for its source."""
@@ -121,9 +102,9 @@ class IoDispatcher:
         if raw:
             self.leftover = raw
 
-    def _dispatch_unique(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
-        """One call per event, straight from the index's lists (the reference of
-        the C core's ``dispatch_unique``)."""
+    def dispatch_unique(self, loop: Any, raw: list[tuple[int, int]], ready: Ready_) -> None:
+        """The I/O phase while ``unique_fds`` and no token is shared: one call
+        per event, straight from the index's lists."""
         epoch = self._epoch
         if epoch is not None:
             epoch.advance()

@@ -104,7 +104,7 @@ class LoopState:
         io = self._io
         shared = io.index.shared
         fast = io.unique_fds
-        dispatch_unique, unique_state = io.dispatch_unique
+        dispatch_unique = io.dispatch_unique
         wait = self._wait_native
         t: float | None
         while True:
@@ -148,7 +148,7 @@ class LoopState:
                 # is shared, else merged per token (metalio._io_dispatch, which
                 # also advances the readiness epoch for the batch).
                 if fast and not shared:
-                    dispatch_unique(unique_state, loop, raw, ready)
+                    dispatch_unique(loop, raw, ready)
                 else:
                     io.dispatch_merged(self, raw, ready)
             if sigq:

@@ -370,8 +370,6 @@ static PyMethodDef speedups_methods[] = {
     {"readinto", (PyCFunction)(void (*)(void))speedups_readinto, METH_FASTCALL, readinto_doc},
     {"write", (PyCFunction)(void (*)(void))speedups_write, METH_FASTCALL, write_doc},
     {"writev", (PyCFunction)(void (*)(void))speedups_writev, METH_FASTCALL, writev_doc},
-    {"dispatch_unique", (PyCFunction)(void (*)(void))metalio_dispatch_unique, METH_FASTCALL,
-     metalio_dispatch_unique_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,9 +3,8 @@
  * _speedups.c owns the system calls (one loop each, EINTR and errno handled
  * once) and the module; _speedups_stream_type.c the stream source base type
  * and the module's state; _speedups_stream.c its try_* calls, which keep
- * readiness tracking; _speedups_epoch.c the readiness epoch;
- * _speedups_dispatch.c the event loop's I/O phase.  Nothing here is visible
- * to Python.
+ * readiness tracking; _speedups_epoch.c the readiness epoch.  Nothing here
+ * is visible to Python.
  */
 #ifndef METALIO_SPEEDUPS_H
 #define METALIO_SPEEDUPS_H
@@ -68,10 +67,6 @@ Py_ssize_t metalio_do_write(int fd, const void *buf, size_t len);
  * the outcome or the count; every buffer taken is released. */
 Py_ssize_t metalio_gather_write(int fd, PyObject *seq);
 
-/* The loop's I/O phase for unique fds (_speedups_dispatch.c). */
-PyObject *metalio_dispatch_unique(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
-extern const char metalio_dispatch_unique_doc[];
-
 /* The C layout of metalio._fdio.FdState: the base of every source type
  * (_speedups_stream_type.c), whose four stream calls are
  * _speedups_stream.c's. */
@@ -100,10 +95,6 @@ typedef struct {
 
 /* Creates EpochCore, adds it to the module and stores it in *slot*. */
 int metalio_epoch_exec(PyObject *module, PyObject **slot);
-
-/* epoch.advance() for the module's EpochCore (one add, no call), any other
- * object's advance() method, nothing for None; 0, or -1 with an exception. */
-int metalio_epoch_advance(PyObject *module, PyObject *epoch);
 
 /* The module's state: its two heap types. */
 typedef struct {

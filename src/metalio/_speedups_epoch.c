@@ -1,9 +1,8 @@
 /* metalio._speedups, the epoch half: EpochCore, the C version of metalio._readiness.Epoch.
  *
  * Owns: the epoch's value (``now``, read by the stream calls straight from
- * the struct) and ``advance()``, which every wait of a tracking Poll calls
- * through the loop's dispatch (metalio_epoch_advance, no Python call) or
- * Poll.poll.  The rules are metalio._readiness's: values come from one
+ * the struct) and ``advance()``, which the loop's dispatcher and Poll.poll
+ * call once per batch of events.  The rules are metalio._readiness's: values come from one
  * counter and are never reused.
  *
  * Must not know: sources, marks, how waits happen.
@@ -58,27 +57,6 @@ epoch_advance(PyObject *op, PyObject *Py_UNUSED(unused))
 {
     advance((EpochCore *)op);
     Py_RETURN_NONE;
-}
-
-int
-metalio_epoch_advance(PyObject *module, PyObject *epoch)
-{
-    metalio_state *state;
-    PyObject *result;
-    if (epoch == Py_None) {
-        return 0;
-    }
-    state = (metalio_state *)PyModule_GetState(module);
-    if (state != NULL && PyObject_TypeCheck(epoch, (PyTypeObject *)state->epoch_type)) {
-        advance((EpochCore *)epoch);
-        return 0;
-    }
-    result = PyObject_CallMethod(epoch, "advance", NULL);
-    if (result == NULL) {
-        return -1;
-    }
-    Py_DECREF(result);
-    return 0;
 }
 
 static PyMethodDef epoch_methods[] = {
