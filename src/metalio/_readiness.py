@@ -19,7 +19,8 @@ The kernel's facts
 The design
 ----------
 Each tracking ``Poll`` has an *epoch*: a number that changes every time a
-wait returns (``Poll.poll``, and the event loop's own wait).  A stream
+wait returns (``Poll.poll``; the event loop's dispatcher, once per batch of
+events: a wait that reported nothing leaves every mark true).  A stream
 source registered with it records, per direction, the epoch it read before
 a system call that proved the direction drained (a short transfer or a
 would-block).  Its next ``try_*`` call in that direction compares: while
@@ -27,7 +28,7 @@ the epoch is still the one recorded, nothing new can have been reported,
 and the call returns ``None`` at once; once any wait has returned since,
 the system call is made.  That is coarser than clearing a mark per event
 (a wait that reported other sources also re-enables the call), and it
-costs the event path nothing but one store per wait.
+costs the event path nothing but one ``advance()`` per batch.
 
 The rules that keep it from ever losing a wake-up:
 
