@@ -135,6 +135,20 @@ would_block(StreamCore *self, int direction, const Before *before)
     return 0;
 }
 
+/* What a size-returning call answers for a METALIO_* outcome: the count,
+ * None after the would-block funnel, or NULL with the exception set. */
+static PyObject *
+answer(StreamCore *self, Py_ssize_t outcome, int direction, const Before *before)
+{
+    if (outcome >= 0) {
+        return PyLong_FromSsize_t(outcome);
+    }
+    if (outcome == METALIO_WOULD_BLOCK && would_block(self, direction, before) == 0) {
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}
+
 /* ---- arguments --------------------------------------------------------- */
 
 /* At most one argument, positional or by the keyword *name*; *out* keeps
@@ -199,10 +213,7 @@ stream_try_read(PyObject *op, PyTypeObject *defining_class, PyObject *const *arg
     if (size <= METALIO_SCRATCH_SIZE && self->last_read <= METALIO_SMALL_READ) {
         got = metalio_do_read(before.fd, scratch, (size_t)size);
         if (got < 0) {
-            if (got == METALIO_WOULD_BLOCK && would_block(self, DIRECTION_READ, &before) == 0) {
-                Py_RETURN_NONE;
-            }
-            return NULL;
+            return answer(self, got, DIRECTION_READ, &before); /* None or an exception */
         }
         self->last_read = got;
         if (got > 0 && got < size) {
@@ -217,10 +228,7 @@ stream_try_read(PyObject *op, PyTypeObject *defining_class, PyObject *const *arg
     got = metalio_do_read(before.fd, PyBytes_AS_STRING(bytes), (size_t)size);
     if (got < 0) {
         Py_DECREF(bytes);
-        if (got == METALIO_WOULD_BLOCK && would_block(self, DIRECTION_READ, &before) == 0) {
-            Py_RETURN_NONE;
-        }
-        return NULL;
+        return answer(self, got, DIRECTION_READ, &before); /* None or an exception */
     }
     self->last_read = got;
     if (got != size) {
@@ -268,13 +276,7 @@ stream_try_read_into(PyObject *op, PyTypeObject *defining_class, PyObject *const
         mark_drained(self, DIRECTION_READ, &before);
     }
     PyBuffer_Release(&view);
-    if (got >= 0) {
-        return PyLong_FromSsize_t(got);
-    }
-    if (got == METALIO_WOULD_BLOCK && would_block(self, DIRECTION_READ, &before) == 0) {
-        Py_RETURN_NONE;
-    }
-    return NULL;
+    return answer(self, got, DIRECTION_READ, &before);
 }
 
 static PyObject *
@@ -302,13 +304,7 @@ stream_try_write(PyObject *op, PyTypeObject *defining_class, PyObject *const *ar
         mark_drained(self, DIRECTION_WRITE, &before); /* a short write filled the buffer */
     }
     PyBuffer_Release(&view);
-    if (put >= 0) {
-        return PyLong_FromSsize_t(put);
-    }
-    if (put == METALIO_WOULD_BLOCK && would_block(self, DIRECTION_WRITE, &before) == 0) {
-        Py_RETURN_NONE;
-    }
-    return NULL;
+    return answer(self, put, DIRECTION_WRITE, &before);
 }
 
 static PyObject *
@@ -317,7 +313,6 @@ stream_try_writev(PyObject *op, PyTypeObject *defining_class, PyObject *const *a
 {
     StreamCore *self = (StreamCore *)op;
     PyObject *buffers = NULL;
-    Py_ssize_t put;
     Before before;
 
     if (one_argument("try_writev", "buffers", 1, args, nargs, kwnames, &buffers) < 0 ||
@@ -329,14 +324,7 @@ stream_try_writev(PyObject *op, PyTypeObject *defining_class, PyObject *const *a
     }
     /* A partial gather-write does not mark, as in the reference: the total
      * offered is not worth computing; the would-block that follows marks. */
-    put = metalio_gather_write(before.fd, buffers);
-    if (put >= 0) {
-        return PyLong_FromSsize_t(put);
-    }
-    if (put == METALIO_WOULD_BLOCK && would_block(self, DIRECTION_WRITE, &before) == 0) {
-        Py_RETURN_NONE;
-    }
-    return NULL;
+    return answer(self, metalio_gather_write(before.fd, buffers), DIRECTION_WRITE, &before);
 }
 
 #define STREAM_CALL (METH_METHOD | METH_FASTCALL | METH_KEYWORDS)
