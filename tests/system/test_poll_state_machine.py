@@ -268,6 +268,9 @@ def test_model_catches_a_broken_backend() -> None:
             fake: Any = Forgetful()
             return Poll.over_backend(fake)
 
-    Broken.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+    # derandomize: a fixed search, so whether it finds the defect does not vary by run.
+    Broken.TestCase.settings = settings(
+        max_examples=200, stateful_step_count=30, deadline=None, derandomize=True
+    )
     with pytest.raises(AssertionError):
         Broken.TestCase().runTest()
